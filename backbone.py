@@ -1,0 +1,230 @@
+"""
+Frozen VLM backbones by name, cut after a chosen LLM layer, through transformers' own classes.
+
+    feats, mask, views = Backbone("qwen2.5-vl-3b")(images, instructions)
+    images (B, V, H, W, 3) uint8, instructions list[str]
+    -> feats (B, N, D) features after layer k, mask (B, N) True = real token,
+       views (B, V, 2) [start, end) of each camera view's tokens (view cutoff zeroes that slice)
+
+`tiny` is the Qwen2.5-VL architecture from a small config with seeded random weights: the same
+classes and code path as the real ones, offline. Real backbones load from the hub id or a local
+folder (--backbone-path); the LLM layers above k are never loaded nor run.
+
+The prompt is GR00T's order: every view's image first, then the instruction:
+    <|im_start|>user\n (<|vision_start|> <|image_pad|> x n <|vision_end|>) x V  instruction <|im_end|>
+Features are taken after the LLM's final RMSNorm applied to layer k's output (as GR00T N1.5 does
+with its layer-12 features), so they are well scaled for 16-bit caching.
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+BACKBONES = {
+    # name: (family, hub id, default layer k; None = last)
+    "tiny": ("qwen2.5-vl", None, 2),
+    "qwen2.5-vl-3b": ("qwen2.5-vl", "Qwen/Qwen2.5-VL-3B-Instruct", 12),   # 36 layers, D = 2048
+    "qwen2.5-vl-7b": ("qwen2.5-vl", "Qwen/Qwen2.5-VL-7B-Instruct", 18),   # 28 layers, D = 3584
+    "siglip2": ("siglip", "google/siglip2-base-patch16-224", None),       # vision tower, last layer
+}
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+
+
+class WeightsNotFound(Exception):
+    pass
+
+
+def tiny_qwen_config():
+    """A 4-layer Qwen2.5-VL (text width 128, vision width 64) whose token ids match tiny_tokenizer()."""
+    from transformers import Qwen2_5_VLConfig
+    return Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=263, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[4, 6, 6]),
+                         bos_token_id=256, eos_token_id=258, pad_token_id=256),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           out_hidden_size=128, fullatt_block_indexes=[1]),
+        image_token_id=261, video_token_id=262, vision_start_token_id=259, vision_end_token_id=260)
+
+
+def tiny_tokenizer():
+    """Byte-level tokenizer (256 byte tokens, no merges) plus Qwen's special tokens: ids 256..262."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=SPECIAL_TOKENS,
+                                   pad_token="<|endoftext|>")
+
+
+def resolve(name, path):
+    """Where the weights of `name` are: the local folder, else the hub id (or the local cache of it)."""
+    if path:
+        if not os.path.isdir(path):
+            raise WeightsNotFound(f"--backbone-path {path} is not a folder: give the folder holding "
+                                  f"{name}'s config.json and *.safetensors")
+        return path
+    return BACKBONES[name][1]
+
+
+def load_or_explain(load, name, where):
+    try:
+        return load()
+    except (OSError, ValueError) as e:
+        hub = BACKBONES[name][1]
+        raise WeightsNotFound(
+            f"weights for backbone '{name}' not found at '{where}' (nor in the Hugging Face cache "
+            f"{os.environ.get('HF_HOME', '~/.cache/huggingface')}): on a machine with internet run "
+            f"`huggingface-cli download {hub} --local-dir DIR` and pass --backbone-path DIR "
+            f"({type(e).__name__})") from None
+
+
+def build_qwen(name, path, k, device, weights=True):
+    """Qwen2_5_VLModel holding only the first k LLM layers, the image processor and the tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLModel, Qwen2VLImageProcessorPil
+    if name == "tiny":
+        cfg, tokenizer = tiny_qwen_config(), tiny_tokenizer()
+        processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                             size={"shortest_edge": 28 * 28, "longest_edge": 448 * 448})
+    else:
+        where = resolve(name, path)
+        cfg = load_or_explain(lambda: AutoConfig.from_pretrained(where), name, where)
+        tokenizer = load_or_explain(lambda: AutoTokenizer.from_pretrained(where), name, where)
+        processor = load_or_explain(lambda: Qwen2VLImageProcessorPil.from_pretrained(where), name, where)
+    L = cfg.text_config.num_hidden_layers
+    if not 1 <= k <= L:
+        raise ValueError(f"--layer {k} is out of range for {name}: it has LLM layers 1..{L}")
+    # cut the LLM after layer k before anything is built or loaded: layers above k never exist
+    cfg.text_config.num_hidden_layers = k
+    if getattr(cfg.text_config, "layer_types", None):
+        cfg.text_config.layer_types = cfg.text_config.layer_types[:k]
+    if name == "tiny":
+        torch.manual_seed(0)   # seeded random weights: the same tiny backbone everywhere
+        model = Qwen2_5_VLModel(cfg)
+    elif not weights:          # structure only (tests, benchmarks): no memory, no download
+        with torch.device("meta"):
+            model = Qwen2_5_VLModel(cfg)
+    else:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        model = load_or_explain(lambda: Qwen2_5_VLModel.from_pretrained(where, config=cfg, dtype=dtype),
+                                name, where)
+    return model, processor, tokenizer, cfg.text_config.hidden_size
+
+
+class Backbone(nn.Module):
+    """The frozen VLM. Frozen means: requires_grad False, run under no_grad, eval mode always,
+    bf16 on CUDA. `weights=False` builds the real architecture on the meta device (no weights)."""
+
+    def __init__(self, name="tiny", path="", layer=-1, device="cpu", weights=True):
+        super().__init__()
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
+        family, _, default_k = BACKBONES[name]
+        self.name, self.family = name, family
+        k = default_k if layer is None or layer < 0 else layer
+        if family == "qwen2.5-vl":
+            self.model, self.processor, self.tokenizer, self.dim = build_qwen(name, path, k, device, weights)
+            self.layer = k
+        else:
+            self.model, self.processor, self.dim, self.layer = build_siglip(name, path, k, device, weights)
+        self.model.requires_grad_(False)
+        self.model.eval()
+        if weights and str(device).startswith("cuda"):
+            self.model.to(device=device, dtype=torch.bfloat16)
+        elif weights:
+            self.model.to(device)
+
+    def train(self, mode=True):
+        return super().train(False)   # never leaves eval mode
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def tokens_per_view(self, image_size):
+        """How many LLM tokens one image_size x image_size view becomes (no weights needed)."""
+        p = self.processor
+        if self.family == "siglip":
+            return (p.size["height"] // self.model.config.patch_size) ** 2
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+        factor = p.patch_size * p.merge_size
+        h, w = smart_resize(image_size, image_size, factor=factor, min_pixels=p.size["shortest_edge"],
+                            max_pixels=p.size["longest_edge"])
+        return (h // factor) * (w // factor)
+
+    def prepare(self, images, instructions):
+        """Model inputs on the backbone's device. images (B, V, H, W, 3) uint8 numpy or tensor."""
+        images = np.asarray(images.cpu() if torch.is_tensor(images) else images)
+        B, V = images.shape[:2]
+        flat = [im for im in images.reshape(B * V, *images.shape[2:])]        # B*V HWC images, sample-major
+        if self.family == "siglip":
+            return self.processor(images=flat, return_tensors="pt")
+        px = self.processor(images=flat, return_tensors="pt")
+        n = int(px["image_grid_thw"][0].prod()) // self.processor.merge_size ** 2   # tokens per view
+        tok = self.tokenizer
+        ids_of = tok.convert_tokens_to_ids
+        vision = [ids_of("<|vision_start|>")] + [ids_of("<|image_pad|>")] * n + [ids_of("<|vision_end|>")]
+        head = tok("<|im_start|>user\n", add_special_tokens=False).input_ids + vision * V
+        rows = [head + tok(s, add_special_tokens=False).input_ids + [ids_of("<|im_end|>")] for s in instructions]
+        T = max(len(r) for r in rows)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([r + [pad] * (T - len(r)) for r in rows])                # (B, T), right-padded
+        attention_mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])  # (B, T)
+        mm_token_type_ids = (input_ids == ids_of("<|image_pad|>")).int()   # needed for M-RoPE positions
+        return dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids,
+                    pixel_values=px["pixel_values"], image_grid_thw=px["image_grid_thw"])
+
+    @torch.no_grad()
+    def forward(self, images, instructions):
+        inputs = {k: v.to(self.device) for k, v in self.prepare(images, instructions).items()}
+        B, V = len(instructions), images.shape[1]
+        if self.family == "siglip":
+            return siglip_features(self.model, inputs["pixel_values"], B, V)
+        dtype = next(self.model.parameters()).dtype
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        out = self.model(**inputs, use_cache=False)
+        feats = out.last_hidden_state                                        # (B, T, D), layer k after the norm
+        mask = inputs["attention_mask"].bool()                               # (B, T)
+        # each view's tokens are the v-th contiguous run of <|image_pad|>: locate them by token id
+        is_img = inputs["mm_token_type_ids"].bool()                          # (B, T)
+        pos = is_img.nonzero()[:, 1].view(B, V, -1)                          # (B, V, n)
+        views = torch.stack([pos[..., 0], pos[..., -1] + 1], dim=-1)         # (B, V, 2)
+        return feats, mask, views
+
+
+def build_siglip(name, path, k, device, weights=True):
+    """SiglipVisionModel (fixed-resolution SigLIP2): each view's patch tokens, views concatenated."""
+    from transformers import AutoConfig, SiglipImageProcessor, SiglipVisionModel, SiglipVisionConfig
+    where = resolve(name, path)
+    cfg = load_or_explain(lambda: AutoConfig.from_pretrained(where), name, where)
+    vcfg = cfg.vision_config if hasattr(cfg, "vision_config") else cfg
+    vcfg = SiglipVisionConfig(**vcfg.to_dict())
+    L = vcfg.num_hidden_layers
+    k = L if k is None else k
+    if not 1 <= k <= L:
+        raise ValueError(f"--layer {k} is out of range for {name}: it has layers 1..{L}")
+    vcfg.num_hidden_layers = k
+    processor = load_or_explain(lambda: SiglipImageProcessor.from_pretrained(where), name, where)
+    if not weights:
+        with torch.device("meta"):
+            model = SiglipVisionModel(vcfg)
+    else:
+        model = load_or_explain(lambda: SiglipVisionModel.from_pretrained(where, config=vcfg), name, where)
+    return model, processor, vcfg.hidden_size, k
+
+
+def siglip_features(model, pixel_values, B, V):
+    """SigLIP sees no text here: the instruction is not part of its features (say so to users)."""
+    dtype = next(model.parameters()).dtype
+    tok = model(pixel_values=pixel_values.to(dtype)).last_hidden_state     # (B*V, n, D), after post-LN
+    n = tok.shape[1]
+    feats = tok.view(B, V * n, -1)                                           # (B, V*n, D), views in order
+    mask = torch.ones(B, V * n, dtype=torch.bool, device=feats.device)
+    starts = torch.arange(V, device=feats.device) * n
+    views = torch.stack([starts, starts + n], -1).expand(B, V, 2)            # (B, V, 2)
+    return feats, mask, views

@@ -1,0 +1,229 @@
+"""
+Demonstrations in robomimic's HDF5 layout -> (images, instruction, q, action chunk) samples.
+
+    data/demo_N/actions (T, a)             data/demo_N/obs/{camera}_image (T, H, W, 3) uint8
+    data/demo_N/obs/robot0_eef_pos (T, 3)  robot0_eef_quat (T, 4) xyzw  robot0_gripper_qpos (T, 2)
+    data/demo_N.attrs["instruction"]       (LIBERO: data.attrs["problem_info"]["language_instruction"])
+
+Camera and proprio keys are arguments, so LIBERO (agentview_rgb, ee_states, ...), RoboCasa and
+MimicGen files are read by naming their keys. A synthetic file for tests and quick runs:
+    python data.py --synthetic data/synthetic.hdf5
+"""
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def quat_to_rotmat(quat):
+    """quat: (..., 4) unit quaternion in robosuite's xyzw order -> (..., 3, 3) rotation matrix."""
+    quat = np.asarray(quat, dtype=np.float64)
+    quat = quat / np.linalg.norm(quat, axis=-1, keepdims=True)
+    x, y, z, w = quat[..., 0], quat[..., 1], quat[..., 2], quat[..., 3]
+    R = np.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], axis=-1)
+    return R.reshape(quat.shape[:-1] + (3, 3))
+
+
+def proprio_10d(eef_pos, eef_quat, gripper_qpos):
+    """The robot state q used by RS-CL and the DiT's state token.
+    eef_pos (T, 3), eef_quat (T, 4) xyzw, gripper_qpos (T, 2) -> q (T, 10) float32 =
+    [x, y, z, R[:, 0], R[:, 1], g]: the first two COLUMNS of the rotation matrix (the 6D rotation of
+    Zhou et al. 2019), and the gripper opening g = qpos[0] - qpos[1] (0 closed .. 0.08 m open)."""
+    R = quat_to_rotmat(eef_quat)                               # (T, 3, 3)
+    rot6d = np.concatenate([R[..., :, 0], R[..., :, 1]], -1)   # (T, 6): column 0, then column 1
+    g = (np.asarray(gripper_qpos)[..., 0] - np.asarray(gripper_qpos)[..., 1])[..., None]  # (T, 1)
+    return np.concatenate([np.asarray(eef_pos, np.float64), rot6d, g], -1).astype(np.float32)
+
+
+# -----------------------------------------------------------------------------
+# the data set: one sample per timestep
+
+class DataError(Exception):
+    """A data file that cannot be used; the message says what is wrong and what to do."""
+
+
+def open_demos(path):
+    """h5py.File of a robomimic-layout file, or DataError with one clear line."""
+    import h5py
+    if not os.path.isfile(path):
+        raise DataError(f"data file {path} does not exist: collect demos with `python sim.py --out {path}` "
+                        f"or write a synthetic one with `python data.py --synthetic {path}`")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"data file {path} cannot be read as HDF5 ({e}): re-collect or re-download it")
+    if "data" not in f or not any(k.startswith("demo_") for k in f["data"]):
+        keys = list(f.keys())
+        f.close()
+        raise DataError(f"data file {path} has no data/demo_N groups (top-level keys: {keys}): "
+                        f"it is not in robomimic's layout")
+    return f
+
+
+def demo_names(f):
+    return sorted(f["data"].keys(), key=lambda k: int(k.split("_")[-1]))
+
+
+def instruction_of(f, demo):
+    """The language instruction of a demo: its `instruction` attribute, else LIBERO's problem_info."""
+    g = f["data"][demo]
+    if "instruction" in g.attrs:
+        return str(g.attrs["instruction"])
+    info = f["data"].attrs.get("problem_info")
+    if info is not None:
+        return str(json.loads(info).get("language_instruction", ""))
+    return ""
+
+
+class DemoDataset:
+    """Samples (images (V, H, W, 3) uint8, instruction, q (10,), A (H, a)) from a robomimic HDF5.
+
+    cameras: obs keys are f"{cam}_image"; proprio_keys: (eef_pos, eef_quat xyzw, gripper_qpos) obs keys.
+    split: 'train' | 'val' | 'all' (the last `val_frac` of the demos is the validation set).
+    q and A are raw here; the policy min-max normalises them with `stats()` (computed on train)."""
+
+    def __init__(self, path, cameras, horizon=16, split="train", val_frac=0.1,
+                 proprio_keys=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")):
+        self.path, self.cameras, self.H = path, list(cameras), horizon
+        f = open_demos(path)
+        names = demo_names(f)
+        n_val = max(1, int(round(len(names) * val_frac))) if len(names) > 1 and val_frac > 0 else 0
+        names = {"train": names[:len(names) - n_val], "val": names[len(names) - n_val:], "all": names}[split]
+        first = f["data"][names[0]] if names else f["data"][demo_names(f)[0]]
+        obs_keys = sorted(first["obs"].keys()) if "obs" in first else []
+        for cam in self.cameras:
+            if f"{cam}_image" not in obs_keys:
+                f.close()
+                raise DataError(f"camera '{cam}' is not in {path}: its obs keys are {obs_keys}; "
+                                f"pick cameras with --cameras")
+        missing = [k for k in proprio_keys if k not in obs_keys] + ([] if "actions" in first else ["actions"])
+        if missing:
+            f.close()
+            raise DataError(f"{path} lacks {missing} (obs keys: {obs_keys}): name the proprio keys of "
+                            f"your file with --proprio-keys")
+        self.demos, self.q, self.actions, self.instructions, self.index = names, [], [], [], []
+        for d, name in enumerate(names):
+            g = f["data"][name]
+            self.q.append(proprio_10d(*(g["obs"][k][:] for k in proprio_keys)))       # (T, 10)
+            self.actions.append(g["actions"][:].astype(np.float32))                  # (T, a)
+            self.instructions.append(instruction_of(f, name))
+            self.index += [(d, t) for t in range(len(self.actions[-1]))]
+        self.image_shape = first["obs"][f"{self.cameras[0]}_image"].shape[1:]
+        self.action_dim = first["actions"].shape[1]
+        f.close()
+        self.file = None   # opened lazily, once per worker process
+
+    def __len__(self):
+        return len(self.index)
+
+    def stats(self):
+        """Min-max statistics of q and actions over this split (plain lists, for the checkpoint)."""
+        q, a = np.concatenate(self.q), np.concatenate(self.actions)
+        return dict(q_min=q.min(0).tolist(), q_max=q.max(0).tolist(),
+                    a_min=a.min(0).tolist(), a_max=a.max(0).tolist())
+
+    def chunk(self, d, t):
+        """A (H, a): actions t .. t+H-1, the last action repeated past the end of the demo."""
+        acts = self.actions[d]
+        idx = np.minimum(np.arange(t, t + self.H), len(acts) - 1)
+        return acts[idx]
+
+    def __getitem__(self, i):
+        import h5py
+        if self.file is None:
+            self.file = h5py.File(self.path, "r")
+        d, t = self.index[i]
+        obs = self.file["data"][self.demos[d]]["obs"]
+        images = np.stack([obs[f"{cam}_image"][t] for cam in self.cameras])  # (V, H, W, 3) uint8
+        return dict(images=images, instruction=self.instructions[d], q=self.q[d][t], A=self.chunk(d, t),
+                    demo=d, t=t)
+
+
+def collate(samples):
+    """list of samples -> batch: images (B, V, H, W, 3) uint8 tensor, q (B, 10), A (B, H, a), instructions."""
+    return dict(images=torch.from_numpy(np.stack([s["images"] for s in samples])),
+                q=torch.from_numpy(np.stack([s["q"] for s in samples])),
+                A=torch.from_numpy(np.stack([s["A"] for s in samples])),
+                instructions=[s["instruction"] for s in samples])
+
+
+def augment(images, generator=None):
+    """Training-only image augmentation (GR00T's): random crop of 95% of the side, resized back,
+    and brightness/contrast jitter. images (B, V, H, W, 3) uint8 tensor -> the same shape and dtype."""
+    B, V, H, W, _ = images.shape
+    x = images.permute(0, 1, 4, 2, 3).reshape(B * V, 3, H, W).float()        # (B*V, 3, H, W)
+    c = int(round(0.95 * H))
+    i, j = torch.randint(H - c + 1, (2,), generator=generator).tolist()
+    x = F.interpolate(x[:, :, i:i + c, j:j + c], size=(H, W), mode="bilinear", align_corners=False)
+    gain = 1 + 0.2 * (torch.rand(B * V, 1, 1, 1, generator=generator) - 0.5)  # contrast
+    bias = 25 * (torch.rand(B * V, 1, 1, 1, generator=generator) - 0.5)       # brightness
+    x = (x - x.mean((1, 2, 3), keepdim=True)) * gain + x.mean((1, 2, 3), keepdim=True) + bias
+    return x.clamp(0, 255).round().to(torch.uint8).view(B, V, 3, H, W).permute(0, 1, 3, 4, 2)
+
+
+# -----------------------------------------------------------------------------
+# a small synthetic file in the same layout, for tests and quick runs
+
+def write_synthetic(path, n_demos=8, T=40, image_size=64, cameras=("agentview", "sideview", "robot0_eye_in_hand"),
+                    seed=0):
+    """Demos of a point 'gripper' moving to a target, drawn as coloured squares in every view.
+    Actions are the (clipped) direction to the target, so the chunk is predictable from q and images."""
+    import h5py
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "Synthetic", "type": 1, "env_kwargs": {}})
+        total = 0
+        for i in range(n_demos):
+            pos, goal = rng.uniform(-0.3, 0.3, 3), rng.uniform(-0.3, 0.3, 3)
+            background = rng.integers(0, 255, 3)                               # per-demo "appearance"
+            P, Q, G, A, imgs = [], [], [], [], {c: [] for c in cameras}
+            for t in range(T):
+                a = np.clip((goal - pos) * 5, -1, 1)
+                grip = 1.0 if np.linalg.norm(goal - pos) < 0.05 else -1.0
+                yaw = 0.3 * np.sin(t / 5)
+                P.append(pos.copy()); Q.append([0, 0, np.sin(yaw / 2), np.cos(yaw / 2)])
+                G.append([0.04, -0.04] if grip < 0 else [0.01, -0.01])
+                A.append(np.concatenate([a, [0, 0, 0.1 * np.cos(t / 5), grip]]))
+                for v, cam in enumerate(cameras):
+                    im = np.empty((image_size, image_size, 3), np.uint8)
+                    im[:] = background
+                    for p, colour in ((pos, (255, 0, 0)), (goal, (0, 255, 0))):
+                        u = int((p[v % 3] + 0.5) * (image_size - 8)); w = int((p[(v + 1) % 3] + 0.5) * (image_size - 8))
+                        im[w:w + 8, u:u + 8] = colour
+                    imgs[cam].append(im)
+                pos = pos + 0.05 * a[:3]
+            g = data.create_group(f"demo_{i}")
+            g.attrs.update(num_samples=T, instruction="move to the green square", task="synthetic", seed=i,
+                           appearance=json.dumps({"background": background.tolist()}))
+            g["actions"] = np.asarray(A, np.float32)
+            g["rewards"] = np.zeros(T, np.float32)
+            g["dones"] = np.eye(T, dtype=np.int64)[-1]
+            g["obs/robot0_eef_pos"] = np.asarray(P)
+            g["obs/robot0_eef_quat"] = np.asarray(Q)
+            g["obs/robot0_gripper_qpos"] = np.asarray(G)
+            for cam in cameras:
+                g[f"obs/{cam}_image"] = np.asarray(imgs[cam])
+            total += T
+        data.attrs["total"] = total
+    return path
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser(description="write a small synthetic demo file in robomimic's layout")
+    ap.add_argument("--synthetic", required=True, metavar="PATH")
+    ap.add_argument("--demos", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--image-size", type=int, default=64)
+    args = ap.parse_args()
+    if os.path.exists(args.synthetic):
+        raise SystemExit(f"error: {args.synthetic} exists; remove it or choose another path")
+    print(write_synthetic(args.synthetic, args.demos, args.steps, args.image_size))

@@ -1,0 +1,354 @@
+"""
+The RS-CL policy, GR00T-N1.5 style, in one file:
+
+    images (V views) + instruction --> frozen VLM, cut after layer k --> feats (B, N, D)
+        [+ learnable summarization token u appended at the end]
+    --> adapter f_phi (LayerNorm + pre-LN self-attention blocks) --> h (B, N, D) and w (B, D)
+    h --> DiT action decoder D_theta --> velocity of the action chunk (flow matching)
+    w --> projector g_psi (2-layer MLP) --> z (B, 128)            (RS-CL only, see loss.py)
+
+Flow-time convention, stated once (GR00T's): tau = 0 is noise, tau = 1 is data,
+    x_tau = (1 - tau) * eps + tau * A,   target velocity v = A - eps,
+and inference integrates dx/dtau = v from tau = 0 to 1 with K Euler steps.
+
+The backbone file `backbone.py` holds everything transformers; this file is the trainable policy.
+"""
+import math
+from dataclasses import dataclass, asdict, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from backbone import Backbone, BACKBONES
+from loss import rscl_loss, soft_weights, cutoff, weight_entropy
+
+# -----------------------------------------------------------------------------
+# configuration: the model's shape in one dataclass, named sizes in a plain dict
+
+SIZES = {
+    # trains on a 2-core CPU in minutes
+    "tiny": dict(adapter_layers=2, adapter_heads=4, dit_layers=4, dit_width=128, dit_heads=4,
+                 future_tokens=4, state_hidden=128, proj_hidden=256),
+    # GR00T N1.5: adapter 4 blocks at the backbone width (32 heads), DiT 16 blocks x 1536 (32 heads x 48)
+    "paper": dict(adapter_layers=4, adapter_heads=32, dit_layers=16, dit_width=1536, dit_heads=32,
+                  future_tokens=32, state_hidden=1024, proj_hidden=2048),
+}
+
+
+@dataclass
+class PolicyConfig:
+    backbone: str = "tiny"           # a key of BACKBONES
+    backbone_path: str = ""          # local folder with the weights ("" = the hub id)
+    layer: int = -1                  # LLM layer whose output is the feature (-1 = the backbone's default)
+    size: str = "tiny"               # a key of SIZES
+    cameras: list = field(default_factory=lambda: ["agentview", "sideview", "robot0_eye_in_hand"])
+    image_size: int = 128
+    state_dim: int = 10              # q: eef xyz + 6D rotation + gripper
+    action_dim: int = 7
+    horizon: int = 16                # H, actions per chunk
+    adapter_layers: int = 2
+    adapter_heads: int = 4
+    adapter_dropout: float = 0.2
+    dit_layers: int = 4
+    dit_width: int = 128
+    dit_heads: int = 4
+    future_tokens: int = 4
+    state_hidden: int = 128
+    proj_hidden: int = 256           # g_psi hidden width (paper: 2048)
+    proj_dim: int = 128              # z dimension
+    euler_steps: int = 4             # K
+
+
+def make_config(**kw):
+    """PolicyConfig from a size preset plus overrides (unknown size -> ValueError listing the valid ones)."""
+    size = kw.get("size", "tiny")
+    if size not in SIZES:
+        raise ValueError(f"unknown size '{size}': choose one of {', '.join(SIZES)}")
+    if kw.get("backbone", "tiny") not in BACKBONES:
+        raise ValueError(f"unknown backbone '{kw['backbone']}': choose one of {', '.join(BACKBONES)}")
+    return PolicyConfig(**{**SIZES[size], **kw})
+
+# -----------------------------------------------------------------------------
+# building blocks, leaf first
+
+
+def timestep_embedding(t, dim):
+    """Sinusoidal embedding of integer flow time t (B,) in [0, 1000) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]                        # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)   # (B, dim)
+
+
+class Attention(nn.Module):
+    """Multi-head attention through SDPA; self-attention when kv is None, else cross-attention to kv."""
+
+    def __init__(self, dim, heads, kv_dim=None, dropout=0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(kv_dim or dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x, kv=None, kv_mask=None):
+        B, T, C = x.shape
+        kv = x if kv is None else kv
+        q = self.q(x).view(B, T, self.heads, -1).transpose(1, 2)                # (B, nh, T, hd)
+        k, v = self.kv(kv).view(B, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, nh, S, hd)
+        mask = None if kv_mask is None else kv_mask[:, None, None, :]           # (B, 1, 1, S): True = attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))                     # (B, T, C)
+
+
+class MLP(nn.Sequential):
+    def __init__(self, dim, hidden, out=None, dropout=0.0):
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout),
+                         nn.Linear(hidden, out or dim))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (the adapter's): x + attn(LN(x)), x + mlp(LN(x))."""
+
+    def __init__(self, dim, heads, dropout):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout=dropout)
+        self.mlp = MLP(dim, 4 * dim, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask):
+        x = x + self.drop(self.attn(self.ln1(x), kv_mask=mask))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class Adapter(nn.Module):
+    """f_phi: LayerNorm + pre-LN self-attention blocks over [feats | u]; no positional embedding."""
+
+    def __init__(self, D, layers, heads, dropout):
+        super().__init__()
+        self.ln = nn.LayerNorm(D)
+        self.u = nn.Parameter(torch.zeros(D))   # the summarization token (init in Policy.init_weights)
+        self.blocks = nn.ModuleList([Block(D, heads, dropout) for _ in range(layers)])
+
+    def forward(self, feats, mask):
+        """feats (B, N, D), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
+        B = feats.shape[0]
+        x = torch.cat([self.ln(feats), self.u.expand(B, 1, -1).to(feats.dtype)], dim=1)  # (B, N+1, D)
+        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)                              # (B, N+1)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x[:, :-1], x[:, -1]
+
+
+class DiTBlock(nn.Module):
+    """A DiT block with adaLN-Zero: the flow time sets shift, scale and gate of both sub-layers,
+    so a block whose modulation is zero-initialised starts as the identity. Cross-attention to the
+    condition h when `cross` (the even blocks), self-attention otherwise (the odd blocks)."""
+
+    def __init__(self, W, heads, cond_dim, cross):
+        super().__init__()
+        self.cross = cross
+        self.ln1 = nn.LayerNorm(W, elementwise_affine=False)
+        self.ln2 = nn.LayerNorm(W, elementwise_affine=False)
+        self.attn = Attention(W, heads, kv_dim=cond_dim if cross else None)
+        self.mlp = MLP(W, 4 * W)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(W, 6 * W))
+
+    def forward(self, x, temb, h, h_mask):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(temb)[:, None].chunk(6, dim=-1)  # 6 x (B, 1, W)
+        y = self.ln1(x) * (1 + scale1) + shift1
+        y = self.attn(y, kv=h, kv_mask=h_mask) if self.cross else self.attn(y)
+        x = x + gate1 * y
+        return x + gate2 * self.mlp(self.ln2(x) * (1 + scale2) + shift2)
+
+
+class DiT(nn.Module):
+    """D_theta: tokens [state | future tokens | H action tokens] -> velocity (B, H, action_dim)."""
+
+    def __init__(self, cfg, cond_dim):
+        super().__init__()
+        W = cfg.dit_width
+        self.state_enc = nn.Sequential(nn.Linear(cfg.state_dim, cfg.state_hidden), nn.SiLU(),
+                                       nn.Linear(cfg.state_hidden, W))
+        self.future = nn.Parameter(torch.zeros(cfg.future_tokens, W))
+        self.action_in = nn.Linear(cfg.action_dim, W)
+        self.action_mix = nn.Sequential(nn.Linear(2 * W, W), nn.SiLU(), nn.Linear(W, W))
+        self.action_pos = nn.Parameter(torch.zeros(cfg.horizon, W))
+        self.time_mlp = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
+        self.blocks = nn.ModuleList([DiTBlock(W, cfg.dit_heads, cond_dim, cross=(i % 2 == 0))
+                                     for i in range(cfg.dit_layers)])
+        self.ln_out = nn.LayerNorm(W, elementwise_affine=False)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(W, 2 * W))
+        self.head = nn.Linear(W, cfg.action_dim)
+
+    def forward(self, x, t, h, h_mask, q):
+        """x (B, H, a) noisy chunk, t (B,) integer flow time in [0, 1000), h (B, N, D) condition,
+        h_mask (B, N), q (B, state_dim) normalised state -> velocity (B, H, a)."""
+        B, H, _ = x.shape
+        tsin = timestep_embedding(t, self.action_in.out_features)                  # (B, W)
+        a = self.action_in(x)                                                      # (B, H, W)
+        a = self.action_mix(torch.cat([a, tsin[:, None].expand(-1, H, -1)], -1)) + self.action_pos
+        tokens = torch.cat([self.state_enc(q)[:, None], self.future.expand(B, -1, -1), a], 1)  # (B, 1+F+H, W)
+        temb = self.time_mlp(tsin)                                                 # (B, W)
+        for block in self.blocks:
+            tokens = block(tokens, temb, h, h_mask)
+        shift, scale = self.ada_out(temb)[:, None].chunk(2, dim=-1)
+        return self.head(self.ln_out(tokens[:, -H:]) * (1 + scale) + shift)       # (B, H, a)
+
+
+def flow_path(A, eps, tau):
+    """The straight path from noise (tau = 0) to data (tau = 1): x_tau and its velocity dx/dtau."""
+    return (1 - tau) * eps + tau * A, A - eps
+
+
+def euler(velocity, x, K):
+    """Integrate dx/dtau = velocity(x, tau) from tau = 0 (noise) to tau = 1 (data) in K equal steps."""
+    for k in range(K):
+        x = x + velocity(x, k / K) / K
+    return x
+
+# -----------------------------------------------------------------------------
+# the policy
+
+
+class Policy(nn.Module):
+
+    def __init__(self, cfg: PolicyConfig, backbone=None, device="cpu"):
+        super().__init__()
+        self.cfg = cfg
+        # the frozen backbone (None when training from cached features, see features.py)
+        self.backbone = backbone if backbone is not None else Backbone(cfg.backbone, cfg.backbone_path,
+                                                                        cfg.layer, device=device)
+        D = self.backbone.dim
+        self.adapter = Adapter(D, cfg.adapter_layers, cfg.adapter_heads, cfg.adapter_dropout)
+        self.projector = nn.Sequential(nn.Linear(D, cfg.proj_hidden), nn.GELU(), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
+        self.dit = DiT(cfg, cond_dim=D)
+        # min-max statistics of q and A, buffers so that they travel in the checkpoint (set by set_stats)
+        for name, dim in (("q", cfg.state_dim), ("a", cfg.action_dim)):
+            self.register_buffer(f"{name}_min", -torch.ones(dim))
+            self.register_buffer(f"{name}_max", torch.ones(dim))
+        self.init_weights()
+        self.to(device)
+
+    def init_weights(self):
+        """Every init decision of the trainable parts, in one place (never touches the backbone)."""
+        for name, m in self.named_modules():
+            if name.startswith("backbone"):
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.adapter.u, std=0.02)
+        nn.init.normal_(self.dit.future, std=0.02)
+        nn.init.normal_(self.dit.action_pos, std=0.02)
+        # adaLN-Zero: every DiT block starts as the identity and the initial velocity is exactly 0
+        for block in self.dit.blocks:
+            nn.init.zeros_(block.ada[-1].weight); nn.init.zeros_(block.ada[-1].bias)
+        nn.init.zeros_(self.dit.ada_out[-1].weight); nn.init.zeros_(self.dit.ada_out[-1].bias)
+        nn.init.zeros_(self.dit.head.weight); nn.init.zeros_(self.dit.head.bias)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.backbone.train(False)   # frozen means frozen: eval mode always (no dropout)
+        return self
+
+    def trainable_state_dict(self):
+        """Everything but the frozen backbone (its weights come from the hub or --backbone-path)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    # --- normalisation: min-max to [-1, 1] ---
+    def set_stats(self, stats):
+        for k in ("q_min", "q_max", "a_min", "a_max"):
+            getattr(self, k).copy_(torch.as_tensor(stats[k], dtype=torch.float32))
+
+    def normalize(self, x, name):
+        lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+        return 2 * (x - lo) / (hi - lo).clamp_min(1e-6) - 1
+
+    def unnormalize(self, x, name):
+        lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+        return (x + 1) / 2 * (hi - lo).clamp_min(1e-6) + lo
+
+    # --- the training objective ---
+    def forward(self, feats, mask, views, q, A, rscl="none", cutoff_kind="view", beta=1.0, tau=0.2):
+        """feats (B, N, D) backbone features, mask (B, N), views (B, V, 2) token slice of each view,
+        q (B, 10) and A (B, H, a) normalised to [-1, 1].
+        rscl: 'none' (baseline), 'proprio' (RS-CL), 'infonce' (identity targets), 'action' (next-action weights).
+        Returns a dict of scalars: loss_fm, loss_rscl and the diagnostics."""
+        h, w = self.adapter(feats, mask)                                 # (B, N, D), (B, D)
+        # --- flow matching (tau = 0 noise, tau = 1 data) ---
+        B = A.shape[0]
+        u = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(A.device)
+        tau_fm = (0.999 - u) / 0.999                                     # (B,), skewed towards noise
+        x, v_target = flow_path(A, torch.randn_like(A), tau_fm[:, None, None])
+        v = self.dit(x, (tau_fm * 1000).long(), h, mask, q)              # (B, H, a)
+        out = {"loss_fm": F.mse_loss(v.float(), v_target.float())}
+        if rscl == "none":
+            return out
+        # --- RS-CL: a second adapter pass on cut-off features; no second backbone pass ---
+        z = self.projector(w)                                            # (B, 128)
+        _, w_tilde = self.adapter(cutoff(feats, mask, views, cutoff_kind), mask)
+        z_tilde = self.projector(w_tilde)                                # (B, 128)
+        target = {"proprio": q, "action": A[:, 0], "infonce": None}[rscl]   # A[:, 0]: the next action
+        out["loss_rscl"] = rscl_loss(z.float(), z_tilde.float(), target, beta=beta, tau=tau)
+        with torch.no_grad():
+            W = soft_weights(target, beta, B, z.device)
+            out["w_entropy"] = weight_entropy(W)                          # nats; log(B) = uniform
+            out["cos_z"] = F.cosine_similarity(z.float(), z_tilde.float(), dim=-1).mean()
+        return out
+
+    # --- inference ---
+    @torch.no_grad()
+    def encode(self, images, instructions):
+        """images (B, V, H, W, 3) uint8, instructions list[str] -> dict(feats, mask, views, h, w, z)."""
+        feats, mask, views = self.backbone(images, instructions)
+        h, w = self.adapter(feats, mask)
+        return dict(feats=feats, mask=mask, views=views, h=h, w=w, z=self.projector(w))
+
+    @torch.no_grad()
+    def predict(self, images, q, instructions, K=None):
+        """images (B, V, H, W, 3) uint8, q (B, 10) raw proprio, instructions list[str]
+        -> actions (B, H, action_dim) in env units. The condition h is computed once for all K steps."""
+        c = self.encode(images, instructions)
+        qn = self.normalize(q.to(c["h"].device).float(), "q")
+        B = qn.shape[0]
+        x0 = torch.randn(B, self.cfg.horizon, self.cfg.action_dim, device=qn.device)
+        velocity = lambda x, tau: self.dit(x, torch.full((B,), int(tau * 1000), device=qn.device),
+                                           c["h"], c["mask"], qn).float()
+        return self.unnormalize(euler(velocity, x0, K or self.cfg.euler_steps), "a")
+
+    # --- checkpoints: the one way to rebuild a trained policy ---
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu", backbone=None):
+        ckpt = load_checkpoint(path)
+        cfg = PolicyConfig(**ckpt["model_config"])
+        policy = cls(cfg, backbone=backbone, device=device)
+        policy.load_trainable(ckpt["model"])
+        return policy.eval()
+
+    def load_trainable(self, state):
+        mine = self.trainable_state_dict()
+        missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+        bad = [k for k in mine if k in state and mine[k].shape != state[k].shape]
+        if missing or extra or bad:
+            raise ValueError(f"checkpoint does not fit this configuration (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]}, shape mismatch {bad[:3]}): use the same --backbone/--size/--cameras")
+        result = self.load_state_dict(state, strict=False)
+        assert all(k.startswith("backbone.") for k in result.missing_keys)   # only the backbone is absent
+
+
+def load_checkpoint(path):
+    """torch.load with one clear error for a missing, truncated or foreign file."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {path} does not exist: give the path of a ckpt.pt written by train.py")
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is truncated or not a "
+                         f"train.py checkpoint; use the run folder's ckpt.pt")
+    if not isinstance(ckpt, dict) or not {"model", "model_config"} <= set(ckpt):
+        raise ValueError(f"checkpoint {path} has no 'model'/'model_config': it was not written by train.py")
+    return ckpt
+

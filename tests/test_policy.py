@@ -1,0 +1,185 @@
+"""The policy's parts: RS-CL loss, cutoff, frozen backbone, adapter, DiT init, Euler, checkpoints."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data import DemoDataset, collate
+from loss import cutoff, rscl_lambda, rscl_loss, soft_weights
+from model import Policy, euler, flow_path, make_config
+
+CAMS = ["agentview", "sideview", "robot0_eye_in_hand"]
+
+
+# --- RS-CL loss ---
+
+def test_rscl_with_identity_weights_is_plain_infonce():
+    torch.manual_seed(0)
+    z, zt = torch.randn(8, 16), torch.randn(8, 16)
+    logits = F.normalize(z, dim=-1) @ F.normalize(zt, dim=-1).T / 0.2
+    expected = F.cross_entropy(logits, torch.arange(8))        # InfoNCE: the positive of i is j = i
+    assert torch.allclose(rscl_loss(z, zt, None, tau=0.2), expected, atol=1e-6)
+
+
+def test_rscl_matches_the_formula_written_out():
+    torch.manual_seed(1)
+    B, beta, tau = 6, 0.7, 0.3
+    z, zt, q = torch.randn(B, 5).double(), torch.randn(B, 5).double(), torch.randn(B, 10).double()
+    total = 0.0
+    for i in range(B):
+        d = [math.sqrt(sum((q[i, k] - q[j, k]) ** 2 for k in range(10))) for j in range(B)]
+        w = [math.exp(-dj / beta) / sum(math.exp(-dk / beta) for dk in d) for dj in d]
+        cos = [float(z[i] @ zt[j] / (z[i].norm() * zt[j].norm())) for j in range(B)]
+        log_den = math.log(sum(math.exp(c / tau) for c in cos))
+        total += -sum(w[j] * (cos[j] / tau - log_den) for j in range(B))
+    assert abs(float(rscl_loss(z, zt, q, beta=beta, tau=tau)) - total / B) < 1e-9
+
+
+def test_soft_weight_rows_sum_to_one_and_favour_near_states():
+    q = torch.tensor([[0.0], [0.1], [5.0]])
+    W = soft_weights(q, beta=1.0)
+    assert torch.allclose(W.sum(-1), torch.ones(3))
+    assert W[0, 1] > W[0, 2] and W[0, 0] > W[0, 1]                    # self included, nearest next
+
+
+def test_lambda_schedule_is_cosine_from_one_to_zero():
+    assert rscl_lambda(0, 100) == 1.0 and abs(rscl_lambda(50, 100) - 0.5) < 1e-12 and rscl_lambda(100, 100) < 1e-12
+
+
+# --- cutoff ---
+
+def test_view_cutoff_zeroes_exactly_one_view_per_sample():
+    B, N, D, V, n = 16, 40, 8, 3, 9
+    feats = torch.randn(B, N, D) + 5                                   # no zeros by chance
+    starts = torch.tensor([4, 14, 24])
+    views = torch.stack([starts, starts + n], -1).expand(B, V, 2)
+    mask = torch.ones(B, N, dtype=torch.bool)
+    out = cutoff(feats, mask, views, "view", generator=torch.Generator().manual_seed(0))
+    zeroed = (out == 0).all(-1)                                        # (B, N)
+    chosen = set()
+    for b in range(B):
+        hit = [v for v in range(V) if zeroed[b, starts[v]:starts[v] + n].all()]
+        assert len(hit) == 1                                           # exactly one view
+        assert zeroed[b].sum() == n                                    # and nothing else
+        keep = ~zeroed[b]
+        assert torch.equal(out[b, keep], feats[b, keep])
+        chosen.add(hit[0])
+    assert chosen == {0, 1, 2}                                         # chosen per sample, at random
+
+
+def test_token_and_span_cutoff_drop_about_ratio_of_real_tokens():
+    feats, mask = torch.randn(4, 100, 3) + 5, torch.ones(4, 100, dtype=torch.bool)
+    mask[:, 80:] = False
+    views = torch.zeros(4, 1, 2, dtype=torch.long)
+    span = (cutoff(feats, mask, views, "span", 0.1) == 0).all(-1)
+    assert (span.sum(1) == 8).all() and not span[:, 80:].any()
+    tok = (cutoff(feats, mask, views, "token", 0.5) == 0).all(-1)
+    assert not tok[:, 80:].any() and 20 < tok[:, :80].sum(1).float().mean() < 60
+
+
+# --- the policy ---
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    return Policy(make_config(image_size=32))
+
+
+def batch_of(policy, path, B=4):
+    ds = DemoDataset(path, CAMS, horizon=16, split="all")
+    b = collate([ds[i] for i in range(0, 4 * B, 4)])
+    policy.set_stats(ds.stats())
+    feats, mask, views = policy.backbone(b["images"], b["instructions"])
+    return b, feats, mask, views, policy.normalize(b["q"], "q"), policy.normalize(b["A"], "a")
+
+
+def test_backbone_is_frozen_and_stays_in_eval_mode(policy, synthetic):
+    policy.train()
+    assert not policy.backbone.training and not any(m.training for m in policy.backbone.modules())
+    assert policy.adapter.training
+    assert not any(p.requires_grad for p in policy.backbone.parameters())
+    b, feats, mask, views, q, A = batch_of(policy, synthetic)
+    out = policy(feats, mask, views, q, A, rscl="proprio")
+    (out["loss_fm"] + out["loss_rscl"]).backward()
+    assert all(p.grad is None for p in policy.backbone.parameters())
+    assert policy.adapter.u.grad is not None and policy.dit.head.weight.grad is not None
+    policy.zero_grad(set_to_none=True)
+
+
+def test_views_locate_each_cameras_tokens(policy, synthetic):
+    b, feats, mask, views, q, A = batch_of(policy, synthetic)
+    n = policy.backbone.tokens_per_view(32)
+    ids = policy.backbone.prepare(b["images"], b["instructions"])["input_ids"]
+    pad = policy.backbone.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert views.shape == (4, 3, 2) and ((views[..., 1] - views[..., 0]) == n).all()
+    for i in range(4):
+        for v in range(3):
+            s, e = views[i, v].tolist()
+            assert (ids[i, s:e] == pad).all() and ids[i, e] != pad
+
+
+def test_dit_gets_h_without_the_summarization_token(policy, synthetic):
+    b, feats, mask, views, q, A = batch_of(policy, synthetic)
+    seen = {}
+    hook = policy.dit.register_forward_hook(lambda m, inp, out: seen.update(h=inp[2]))
+    policy.eval()
+    policy(feats, mask, views, q, A)
+    hook.remove()
+    x = torch.cat([policy.adapter.ln(feats), policy.adapter.u.expand(4, 1, -1)], 1)    # [feats | u]
+    m = torch.cat([mask, torch.ones(4, 1, dtype=torch.bool)], 1)
+    for block in policy.adapter.blocks:
+        x = block(x, m)
+    assert seen["h"].shape == feats.shape                              # N positions, not N + 1
+    assert torch.allclose(seen["h"], x[:, :-1], atol=1e-5)
+    assert torch.allclose(policy.adapter(feats, mask)[1], x[:, -1], atol=1e-5)
+
+
+def test_fresh_dit_blocks_are_identity_and_initial_velocity_is_zero(policy, synthetic):
+    fresh = Policy(make_config(image_size=32), backbone=policy.backbone)
+    b, feats, mask, views, q, A = batch_of(fresh, synthetic)
+    h, _ = fresh.adapter(feats, mask)
+    x, temb = torch.randn(4, 21, 128), torch.randn(4, 128)
+    for block in fresh.dit.blocks:                                     # adaLN-Zero: gates start at 0
+        assert torch.equal(block(x, temb, h, mask), x)
+    v = fresh.dit(torch.randn(4, 16, 7), torch.randint(1000, (4,)), h, mask, q)
+    assert torch.equal(v, torch.zeros_like(v))
+
+
+def test_euler_with_a_constant_velocity_is_exact():
+    x0, c = torch.randn(3, 16, 7), torch.randn(3, 16, 7)
+    for K in (1, 4, 7):
+        assert torch.allclose(euler(lambda x, tau: c, x0, K), x0 + c, atol=1e-6)
+    taus = []
+    euler(lambda x, tau: taus.append(tau) or c, x0, 4)
+    assert taus == [0.0, 0.25, 0.5, 0.75]                              # tau = 0 is noise
+
+
+def test_flow_path_convention_and_euler_on_it():
+    """tau = 0 is noise, tau = 1 is data, v = A - eps; Euler along v from noise lands on the data."""
+    A, eps = torch.randn(2, 16, 7), torch.randn(2, 16, 7)
+    x0, v = flow_path(A, eps, 0.0)
+    x1, _ = flow_path(A, eps, 1.0)
+    assert torch.equal(x0, eps) and torch.equal(x1, A) and torch.equal(v, A - eps)
+    xa, _ = flow_path(A, eps, 0.3)
+    xb, _ = flow_path(A, eps, 0.3 + 1e-3)
+    assert torch.allclose((xb - xa) / 1e-3, v, atol=1e-2)
+    assert torch.allclose(euler(lambda x, tau: flow_path(A, eps, tau)[1], eps, 4), A, atol=1e-5)
+
+
+def test_checkpoint_round_trip(policy, synthetic, tmp_path):
+    from dataclasses import asdict
+    b, feats, mask, views, q, A = batch_of(policy, synthetic)
+    with torch.no_grad():
+        policy.dit.head.weight.normal_()                                # a non-trivial velocity
+    torch.save(dict(model=policy.trainable_state_dict(), model_config=asdict(policy.cfg)), tmp_path / "c.pt")
+    back = Policy.from_checkpoint(str(tmp_path / "c.pt"))
+    assert not back.training and not any(k.startswith("backbone.") for k in torch.load(tmp_path / "c.pt")["model"])
+    policy.eval()
+    torch.manual_seed(3); a1 = policy.predict(b["images"], b["q"], b["instructions"])
+    torch.manual_seed(3); a2 = back.predict(b["images"], b["q"], b["instructions"])
+    assert torch.equal(a1, a2) and a1.shape == (4, 16, 7)
+    other = Policy(make_config(image_size=32, size="tiny", dit_width=64), backbone=policy.backbone)
+    with pytest.raises(ValueError, match="does not fit"):
+        other.load_trainable(torch.load(tmp_path / "c.pt")["model"])

@@ -1,0 +1,272 @@
+"""
+Train the RS-CL policy: flow matching on action chunks, plus lambda * RS-CL with --rscl.
+
+    python train.py --rscl                                   # tiny backbone, CPU, data/demos.hdf5
+    python train.py --backbone qwen2.5-vl-3b --size paper --rscl --batch-size 32   # one GPU
+    torchrun --nproc_per_node 8 train.py --backbone qwen2.5-vl-3b --size paper --rscl  # several GPUs
+
+A plain nanoGPT-shaped loop: bf16 autocast on CUDA, AdamW (GR00T's hyper-parameters, no decay on
+biases and norms), warm-up then cosine lr, gradient clipping and accumulation, periodic validation,
+atomic checkpoints of plain types, exact --resume, a tqdm bar and a JSONL log in the run folder.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from backbone import BACKBONES, WeightsNotFound
+from data import DemoDataset, DataError, augment, collate
+from loss import rscl_lambda
+from model import SIZES, Policy, make_config, load_checkpoint
+
+# -----------------------------------------------------------------------------
+# config: flat, hyphenated flags; vars(args) is the config that is printed, logged and saved
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--backbone", default="tiny", help=f"one of {', '.join(BACKBONES)}")
+p.add_argument("--backbone-path", default="", help="local folder with the backbone's weights (default: hub id)")
+p.add_argument("--layer", type=int, default=-1, help="LLM layer whose output is the feature (-1: the backbone's default)")
+p.add_argument("--size", default="tiny", help=f"adapter + DiT size, one of {', '.join(SIZES)}")
+p.add_argument("--rscl", action="store_true", help="add the RS-CL loss")
+p.add_argument("--rscl-target", default="proprio", choices=["proprio", "infonce", "action"],
+               help="soft targets: proprio distances (RS-CL), identity (plain InfoNCE), next-action distances")
+p.add_argument("--cutoff", default="view", choices=["view", "token", "span"], help="augmentation for z_tilde")
+p.add_argument("--beta", type=float, default=1.0, help="temperature of the soft weights")
+p.add_argument("--tau", type=float, default=0.2, help="temperature of the cosine similarities")
+p.add_argument("--data", default="data/demos.hdf5")
+p.add_argument("--cameras", default="agentview,sideview,robot0_eye_in_hand")
+p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
+               help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
+p.add_argument("--horizon", type=int, default=16, help="H, actions per chunk")
+p.add_argument("--augment", action="store_true", help="random crop + colour jitter on training images")
+p.add_argument("--out", default="", help="run folder (default: runs/<backbone>-<rscl|baseline>)")
+p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+p.add_argument("--overwrite", action="store_true", help="allow a new run in an existing folder")
+p.add_argument("--max-iters", type=int, default=600)
+p.add_argument("--batch-size", type=int, default=32)
+p.add_argument("--stop-after", type=int, default=0, help="stop after this step (as if interrupted; continue with --resume)")
+p.add_argument("--grad-accum", type=int, default=1)
+p.add_argument("--lr", type=float, default=1e-4)
+p.add_argument("--warmup", type=float, default=0.05, help="fraction of max-iters of linear warm-up")
+p.add_argument("--weight-decay", type=float, default=1e-5)
+p.add_argument("--grad-clip", type=float, default=1.0)
+p.add_argument("--eval-every", type=int, default=100)
+p.add_argument("--eval-iters", type=int, default=5)
+p.add_argument("--log-every", type=int, default=10)
+p.add_argument("--ckpt-every", type=int, default=200)
+p.add_argument("--cknna-every", type=int, default=0, help="CKNNA of pooled h vs q on the validation set every K steps")
+p.add_argument("--device", default="auto")
+p.add_argument("--seed", type=int, default=0)
+p.add_argument("--compile", action="store_true", help="torch.compile the adapter and the DiT")
+args = p.parse_args()
+
+# -----------------------------------------------------------------------------
+# bad input: one clear line, a non-zero exit, nothing overwritten
+
+
+def die(msg, code=2):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main():
+    ddp = int(os.environ.get("RANK", -1)) != -1   # launched by torchrun
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if ddp:
+        torch.distributed.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        if device == "cuda":
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+    master = rank == 0
+    if args.rscl and args.batch_size < 2:
+        die("--rscl needs --batch-size >= 2: the contrastive loss compares samples within a batch")
+    if args.backbone not in BACKBONES:
+        die(f"unknown backbone '{args.backbone}': choose one of {', '.join(BACKBONES)}")
+    if args.size not in SIZES:
+        die(f"unknown size '{args.size}': choose one of {', '.join(SIZES)}")
+    out = args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}"
+    ckpt_path = os.path.join(out, "ckpt.pt")
+    if args.resume and not os.path.isfile(ckpt_path):
+        die(f"--resume: there is no {ckpt_path} to continue; start a new run without --resume")
+    if not args.resume and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        die(f"run folder {out} already exists: choose another --out, continue it with --resume, or pass --overwrite")
+
+    # --- data ---
+    cameras, keys = args.cameras.split(","), tuple(args.proprio_keys.split(","))
+    try:
+        train_ds = DemoDataset(args.data, cameras, args.horizon, "train", proprio_keys=keys)
+        val_ds = DemoDataset(args.data, cameras, args.horizon, "val", proprio_keys=keys)
+    except DataError as e:
+        die(str(e))
+
+    # --- model ---
+    torch.manual_seed(args.seed + rank)
+    cfg = make_config(backbone=args.backbone, backbone_path=args.backbone_path, layer=args.layer, size=args.size,
+                      cameras=cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
+                      horizon=args.horizon)
+    try:
+        policy = Policy(cfg, device=device)
+    except (WeightsNotFound, ValueError) as e:
+        die(str(e))
+    step, ckpt = 0, None
+    if args.resume:
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+            policy.load_trainable(ckpt["model"])
+        except ValueError as e:
+            die(str(e))
+        step = ckpt["step"]
+    else:
+        policy.set_stats(train_ds.stats())   # min-max statistics, computed once, carried in the checkpoint
+    model = policy
+    if args.compile:
+        policy.adapter, policy.dit = torch.compile(policy.adapter), torch.compile(policy.dit)
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=not args.rscl)
+
+    # --- optimizer: only trainable parameters; no decay on biases and norms (1-D tensors) ---
+    params = [p for p in policy.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=args.weight_decay),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.95, 0.999), eps=1e-8, fused=device.startswith("cuda"))
+    data_gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        data_gen.set_state(ckpt["rng"]["data"])
+        if device.startswith("cuda") and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+
+    def get_lr(it):
+        """Linear warm-up for args.warmup of the run, then cosine to 0."""
+        warm = max(1, int(args.warmup * args.max_iters))
+        if it < warm:
+            return args.lr * (it + 1) / warm
+        return args.lr * 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, args.max_iters - warm)))
+
+    def get_batch(ds, gen, train=True):
+        idx = torch.randint(len(ds), (args.batch_size,), generator=gen).tolist()
+        b = collate([ds[i] for i in idx])
+        images = augment(b["images"], gen) if (train and args.augment) else b["images"]
+        feats, mask, views = policy.backbone(images, b["instructions"])   # frozen: no_grad inside
+        q = policy.normalize(b["q"].to(device), "q")
+        A = policy.normalize(b["A"].to(device), "a")
+        return feats, mask, views, q, A
+
+    def losses(m, batch):
+        with autocast:
+            return m(*batch, rscl=args.rscl_target if args.rscl else "none", cutoff_kind=args.cutoff,
+                     beta=args.beta, tau=args.tau)
+
+    @torch.no_grad()
+    def evaluate():
+        """Mean validation losses on fixed batches; the training RNG streams are left untouched."""
+        policy.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)
+            gen = torch.Generator().manual_seed(1234)
+            outs = [losses(policy, get_batch(val_ds, gen, train=False)) for _ in range(args.eval_iters)]
+        policy.train()
+        return {f"val_{k}": float(np.mean([float(o[k]) for o in outs])) for k in outs[0]}
+
+    def cknna_score():
+        from cknna import cknna   # the metric lives in cknna.py (a library file with a command attached)
+        policy.eval()
+        gen = torch.Generator().manual_seed(4321)
+        n = min(len(val_ds), 512)
+        idx = torch.randperm(len(val_ds), generator=gen)[:n].tolist()
+        hs, qs = [], []
+        with torch.no_grad(), autocast:
+            for i in range(0, n, args.batch_size):
+                b = collate([val_ds[j] for j in idx[i:i + args.batch_size]])
+                c = policy.encode(b["images"], b["instructions"])
+                m = c["mask"][..., None].float()
+                hs.append(((c["h"].float() * m).sum(1) / m.sum(1)).cpu())          # mean over real tokens
+                qs.append(policy.normalize(b["q"].to(device), "q").cpu())
+        policy.train()
+        h, q = torch.cat(hs), torch.cat(qs)
+        h, q = h / h.norm(dim=1, keepdim=True), q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return cknna(h, q, topk=10) if n >= 11 else float("nan")
+
+    def save(it):
+        if not master:
+            return
+        state = dict(model=policy.trainable_state_dict(), optimizer=opt.state_dict(), config=vars(args),
+                     model_config=asdict(cfg), stats=train_ds.stats(), step=it,
+                     rng=dict(torch=torch.get_rng_state(), data=data_gen.get_state(),
+                              **({"cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {})))
+        torch.save(state, ckpt_path + ".tmp")
+        os.replace(ckpt_path + ".tmp", ckpt_path)   # atomic: a crash never leaves a half-written ckpt.pt
+
+    if master:
+        os.makedirs(out, exist_ok=True)
+        if not args.resume:
+            with open(os.path.join(out, "config.json"), "w") as f:
+                json.dump(dict(args=vars(args), model=asdict(cfg), stats=train_ds.stats()), f, indent=1)
+        n_train = sum(p.numel() for p in params)
+        print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} "
+              f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, frozen), {n_train / 1e6:.2f}M trainable, "
+              f"device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}")
+    log = open(os.path.join(out, "log.jsonl"), "a") if master else None
+
+    # --- the loop ---
+    policy.train()
+    bar = tqdm(range(step, args.max_iters), initial=step, total=args.max_iters, disable=not master, dynamic_ncols=True)
+    t0 = time.time()
+    for it in bar:
+        lr = get_lr(it)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        lam = rscl_lambda(it, args.max_iters) if args.rscl else 0.0
+        for micro in range(args.grad_accum):
+            if ddp:
+                model.require_backward_grad_sync = micro == args.grad_accum - 1
+            out_ = losses(model, get_batch(train_ds, data_gen))
+            loss = out_["loss_fm"] + lam * out_.get("loss_rscl", 0.0)
+            (loss / args.grad_accum).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        if (it + 1) % args.log_every == 0 or (it + 1) % args.ckpt_every == 0 or it + 1 in (args.max_iters, args.stop_after):
+            if not torch.isfinite(loss):   # stop before a bad step; the last checkpoint stays good
+                bar.close()
+                die(f"loss is {loss.item()} at step {it}: stopped; the last good checkpoint is kept in {ckpt_path} "
+                    f"(lower --lr or check the data)", code=3)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (it + 1) % args.log_every == 0 and master:
+            dt, t0 = time.time() - t0, time.time()
+            row = dict(step=it + 1, loss_fm=out_["loss_fm"].item(), lr=lr, lam=lam, grad_norm=float(grad_norm),
+                       samples_per_s=args.log_every * args.batch_size * args.grad_accum * world / dt)
+            row.update({k: v.item() for k, v in out_.items() if k != "loss_fm"})
+            bar.set_postfix(fm=f"{row['loss_fm']:.4f}", rscl=f"{row.get('loss_rscl', 0):.3f}", lam=f"{lam:.2f}",
+                            lr=f"{lr:.1e}", sps=f"{row['samples_per_s']:.1f}")
+            log.write(json.dumps(row) + "\n"); log.flush()
+        row = {}
+        if master and ((it + 1) % args.eval_every == 0 or it + 1 == args.max_iters):
+            row.update(evaluate())
+        if master and args.cknna_every and ((it + 1) % args.cknna_every == 0 or it + 1 == args.max_iters):
+            row["val_cknna_h_q"] = cknna_score()
+        if row:
+            row = dict(step=it + 1, **row)
+            log.write(json.dumps(row) + "\n"); log.flush()
+            bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if (it + 1) % args.ckpt_every == 0 or it + 1 == args.max_iters or it + 1 == args.stop_after:
+            save(it + 1)
+        if it + 1 == args.stop_after:
+            break
+    if master:
+        print(f"done: {ckpt_path}, log {os.path.join(out, 'log.jsonl')}")
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
