@@ -141,16 +141,36 @@ class DemoDataset:
         d, t = self.index[i]
         obs = self.file["data"][self.demos[d]]["obs"]
         images = np.stack([obs[f"{cam}_image"][t] for cam in self.cameras])  # (V, H, W, 3) uint8
-        return dict(images=images, instruction=self.instructions[d], q=self.q[d][t], A=self.chunk(d, t),
-                    demo=d, t=t)
+        return dict(images=images, instruction=self.instructions[d], q=self.q[d][t], A=self.chunk(d, t))
 
 
 def collate(samples):
-    """list of samples -> batch: images (B, V, H, W, 3) uint8 tensor, q (B, 10), A (B, H, a), instructions."""
-    return dict(images=torch.from_numpy(np.stack([s["images"] for s in samples])),
-                q=torch.from_numpy(np.stack([s["q"] for s in samples])),
-                A=torch.from_numpy(np.stack([s["A"] for s in samples])),
-                instructions=[s["instruction"] for s in samples])
+    """list of samples -> batch: arrays stacked into tensors (images (B, V, H, W, 3) uint8, q (B, 10),
+    A (B, H, a), or cached feats (B, N, D) ...), strings into the list `instructions`."""
+    batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]
+             if isinstance(samples[0][k], np.ndarray)}
+    batch["instructions"] = [s["instruction"] for s in samples]
+    return batch
+
+
+class Batches(torch.utils.data.Dataset):
+    """Batch k of a run: B samples drawn at random from `source`, by a generator seeded with
+    (seed, k). Any process can make batch k, so loader workers prefetch freely and a resumed
+    run draws exactly the batches the uninterrupted one would have."""
+
+    def __init__(self, source, B, seed, n_batches, augment_images=False):
+        self.source, self.B, self.seed, self.n, self.augment = source, B, seed, n_batches, augment_images
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, k):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        idx = torch.randint(len(self.source), (self.B,), generator=g).tolist()
+        batch = collate([self.source[i] for i in idx])
+        if self.augment:
+            batch["images"] = augment(batch["images"], g)
+        return batch
 
 
 def augment(images, generator=None):

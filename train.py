@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from backbone import BACKBONES, WeightsNotFound
-from data import DemoDataset, DataError, augment, collate
+from data import Batches, DemoDataset, DataError
+from features import build_cache
 from loss import rscl_lambda
 from model import SIZES, Policy, make_config, load_checkpoint
 
@@ -46,6 +47,9 @@ p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_
                help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
 p.add_argument("--horizon", type=int, default=16, help="H, actions per chunk")
 p.add_argument("--augment", action="store_true", help="random crop + colour jitter on training images")
+p.add_argument("--cache-features", action="store_true", help="run the frozen backbone once, train from its cached features")
+p.add_argument("--cache-dir", default="data/cache")
+p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
 p.add_argument("--out", default="", help="run folder (default: runs/<backbone>-<rscl|baseline>)")
 p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
 p.add_argument("--overwrite", action="store_true", help="allow a new run in an existing folder")
@@ -126,6 +130,14 @@ def main():
         step = ckpt["step"]
     else:
         policy.set_stats(train_ds.stats())   # min-max statistics, computed once, carried in the checkpoint
+    train_src, val_src = train_ds, val_ds
+    if args.cache_features:
+        if args.augment:
+            die("--cache-features cannot be used with --augment: augmented images give new features at every step")
+        if any(p.requires_grad for p in policy.backbone.parameters()):
+            die("--cache-features needs a frozen backbone: its features must not change during training")
+        train_src = build_cache(policy.backbone, train_ds, args.cache_dir, "train", args.batch_size)
+        val_src = build_cache(policy.backbone, val_ds, args.cache_dir, "val", args.batch_size)
     model = policy
     if args.compile:
         policy.adapter, policy.dit = torch.compile(policy.adapter), torch.compile(policy.dit)
@@ -137,11 +149,9 @@ def main():
     groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=args.weight_decay),
               dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.95, 0.999), eps=1e-8, fused=device.startswith("cuda"))
-    data_gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
-        data_gen.set_state(ckpt["rng"]["data"])
         if device.startswith("cuda") and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
@@ -153,14 +163,22 @@ def main():
             return args.lr * (it + 1) / warm
         return args.lr * 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, args.max_iters - warm)))
 
-    def get_batch(ds, gen, train=True):
-        idx = torch.randint(len(ds), (args.batch_size,), generator=gen).tolist()
-        b = collate([ds[i] for i in idx])
-        images = augment(b["images"], gen) if (train and args.augment) else b["images"]
-        feats, mask, views = policy.backbone(images, b["instructions"])   # frozen: no_grad inside
-        q = policy.normalize(b["q"].to(device), "q")
-        A = policy.normalize(b["A"].to(device), "a")
+    def on_device(b):
+        """A batch of images (backbone runs here, frozen) or of cached features -> the policy's inputs."""
+        if "feats" in b:
+            feats, mask, views = (b[k].to(device, non_blocking=True) for k in ("feats", "mask", "views"))
+            feats = feats.to(torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        else:
+            feats, mask, views = policy.backbone(b["images"], b["instructions"])
+        q = policy.normalize(b["q"].to(device, non_blocking=True), "q")
+        A = policy.normalize(b["A"].to(device, non_blocking=True), "a")
         return feats, mask, views, q, A
+
+    def loader(source, seed, first, n, augment_images=False, workers=0):
+        batches = Batches(source, args.batch_size, seed, n, augment_images)
+        return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first, n), num_workers=workers,
+                                           pin_memory=device.startswith("cuda"),
+                                           generator=torch.Generator().manual_seed(seed))  # not the global RNG
 
     def losses(m, batch):
         with autocast:
@@ -173,36 +191,34 @@ def main():
         policy.eval()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1234)
-            gen = torch.Generator().manual_seed(1234)
-            outs = [losses(policy, get_batch(val_ds, gen, train=False)) for _ in range(args.eval_iters)]
+            outs = [losses(policy, on_device(b)) for b in loader(val_src, 1234, 0, args.eval_iters)]
         policy.train()
         return {f"val_{k}": float(np.mean([float(o[k]) for o in outs])) for k in outs[0]}
 
     def cknna_score():
-        from cknna import cknna   # the metric lives in cknna.py (a library file with a command attached)
+        """CKNNA (k = 10) of h, mean-pooled over real tokens, against q on up to 512 validation samples."""
+        from cknna import cknna   # the metric's file is a library with a command attached, like sim.py
         policy.eval()
-        gen = torch.Generator().manual_seed(4321)
-        n = min(len(val_ds), 512)
-        idx = torch.randperm(len(val_ds), generator=gen)[:n].tolist()
         hs, qs = [], []
+        n_batches = max(1, min(len(val_src), 512) // args.batch_size)
         with torch.no_grad(), autocast:
-            for i in range(0, n, args.batch_size):
-                b = collate([val_ds[j] for j in idx[i:i + args.batch_size]])
-                c = policy.encode(b["images"], b["instructions"])
-                m = c["mask"][..., None].float()
-                hs.append(((c["h"].float() * m).sum(1) / m.sum(1)).cpu())          # mean over real tokens
-                qs.append(policy.normalize(b["q"].to(device), "q").cpu())
+            for b in loader(val_src, 4321, 0, n_batches):
+                feats, mask, views, q, A = on_device(b)
+                h, _ = policy.adapter(feats, mask)
+                m = mask[..., None].float()
+                hs.append(((h.float() * m).sum(1) / m.sum(1)).cpu())
+                qs.append(q.float().cpu())
         policy.train()
         h, q = torch.cat(hs), torch.cat(qs)
         h, q = h / h.norm(dim=1, keepdim=True), q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return cknna(h, q, topk=10) if n >= 11 else float("nan")
+        return cknna(h, q, topk=10) if len(h) >= 11 else float("nan")
 
     def save(it):
         if not master:
             return
         state = dict(model=policy.trainable_state_dict(), optimizer=opt.state_dict(), config=vars(args),
                      model_config=asdict(cfg), stats=train_ds.stats(), step=it,
-                     rng=dict(torch=torch.get_rng_state(), data=data_gen.get_state(),
+                     rng=dict(torch=torch.get_rng_state(),
                               **({"cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {})))
         torch.save(state, ckpt_path + ".tmp")
         os.replace(ckpt_path + ".tmp", ckpt_path)   # atomic: a crash never leaves a half-written ckpt.pt
@@ -222,6 +238,8 @@ def main():
     policy.train()
     bar = tqdm(range(step, args.max_iters), initial=step, total=args.max_iters, disable=not master, dynamic_ncols=True)
     t0 = time.time()
+    batches = iter(loader(train_src, args.seed * 1000 + rank, step * args.grad_accum, args.max_iters * args.grad_accum,
+                          args.augment, args.workers))
     for it in bar:
         lr = get_lr(it)
         for g in opt.param_groups:
@@ -230,7 +248,7 @@ def main():
         for micro in range(args.grad_accum):
             if ddp:
                 model.require_backward_grad_sync = micro == args.grad_accum - 1
-            out_ = losses(model, get_batch(train_ds, data_gen))
+            out_ = losses(model, on_device(next(batches)))
             loss = out_["loss_fm"] + lam * out_.get("loss_rscl", 0.0)
             (loss / args.grad_accum).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)

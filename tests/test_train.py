@@ -103,3 +103,18 @@ def test_bad_checkpoints_and_nan_keep_the_last_good_checkpoint(synthetic, tmp_pa
     open(ckpt, "wb").write(good[: len(good) // 2])                              # a truncated file
     bad(train(*common, "--resume"), "truncated")
     bad(train("--data", synthetic, "--out", str(tmp_path / "none"), "--resume"), "no ", "ckpt.pt")
+
+
+def test_training_from_the_feature_cache_matches_live_training(synthetic, tmp_path):
+    live, cached = str(tmp_path / "live"), str(tmp_path / "cached")
+    common = ["--data", synthetic, "--rscl", "--max-iters", "4", *FAST, "--cache-dir", str(tmp_path / "cache")]
+    assert train(*common, "--out", live).returncode == 0
+    r = train(*common, "--out", cached, "--cache-features", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert len(os.listdir(tmp_path / "cache")) == 2                        # train and val, keyed
+    for a, b in zip(rows(live), rows(cached)):
+        # the same batches and noise; only the 16-bit storage of the features differs
+        assert abs(a["loss_fm"] - b["loss_fm"]) < 1e-2 * a["loss_fm"]
+        assert abs(a["loss_rscl"] - b["loss_rscl"]) < 1e-2 * a["loss_rscl"]
+    assert any(a["loss_rscl"] != b["loss_rscl"] for a, b in zip(rows(live), rows(cached)))   # really from the cache
+    bad(train(*common, "--out", str(tmp_path / "x"), "--cache-features", "--augment"), "--augment")
