@@ -32,6 +32,29 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
                   "<|image_pad|>", "<|video_pad|>"]
 
 
+# the published architectures (the hub repos' config.json), for --random-init where nothing can be downloaded
+ARCH = {
+    "qwen2.5-vl-3b": dict(text=dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+                                    intermediate_size=11008, vocab_size=151936, tie_word_embeddings=True),
+                          vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048)),
+    "qwen2.5-vl-7b": dict(text=dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                                    intermediate_size=18944, vocab_size=152064),
+                          vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584)),
+}
+
+
+def random_init_qwen_config(name):
+    """The real architecture of `name` with the tiny tokenizer's special-token ids (random weights)."""
+    from transformers import Qwen2_5_VLConfig
+    a = ARCH[name]
+    return Qwen2_5_VLConfig(
+        text_config=dict(**a["text"], rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24]),
+                         bos_token_id=256, eos_token_id=258, pad_token_id=256),
+        vision_config=dict(**a["vision"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
+        image_token_id=261, video_token_id=262, vision_start_token_id=259, vision_end_token_id=260)
+
+
 class WeightsNotFound(Exception):
     pass
 
@@ -87,10 +110,12 @@ def load_or_explain(load, name, where):
 def build_qwen(name, path, k, device, weights=True):
     """Qwen2_5_VLModel holding only the first k LLM layers, the image processor and the tokenizer."""
     from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLModel, Qwen2VLImageProcessorPil
-    if name == "tiny":
-        cfg, tokenizer = tiny_qwen_config(), tiny_tokenizer()
+    if name == "tiny" or weights == "random":
+        cfg = tiny_qwen_config() if name == "tiny" else random_init_qwen_config(name)
+        tokenizer = tiny_tokenizer()
+        small = 28 * 28 if name == "tiny" else 56 * 56   # the real processor's min_pixels is 56 x 56
         processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                             size={"shortest_edge": 28 * 28, "longest_edge": 448 * 448})
+                                             size={"shortest_edge": small, "longest_edge": 28 * 28 * 1280})
     else:
         where = resolve(name, path)
         cfg = load_or_explain(lambda: AutoConfig.from_pretrained(where), name, where)
@@ -103,9 +128,12 @@ def build_qwen(name, path, k, device, weights=True):
     cfg.text_config.num_hidden_layers = k
     if getattr(cfg.text_config, "layer_types", None):
         cfg.text_config.layer_types = cfg.text_config.layer_types[:k]
-    if name == "tiny":
-        torch.manual_seed(0)   # seeded random weights: the same tiny backbone everywhere
-        model = Qwen2_5_VLModel(cfg)
+    if name == "tiny" or weights == "random":
+        # seeded random weights, made on the CPU so that the tiny backbone is the same on every machine
+        # (checkpoints do not store the frozen backbone); big random ones are made on the device, for speed
+        torch.manual_seed(0)
+        with torch.device("cpu" if name == "tiny" else device):
+            model = Qwen2_5_VLModel(cfg)
     elif not weights:          # structure only (tests, benchmarks): no memory, no download
         with torch.device("meta"):
             model = Qwen2_5_VLModel(cfg)
@@ -118,7 +146,8 @@ def build_qwen(name, path, k, device, weights=True):
 
 class Backbone(nn.Module):
     """The frozen VLM. Frozen means: requires_grad False, run under no_grad, eval mode always,
-    bf16 on CUDA. `weights=False` builds the real architecture on the meta device (no weights)."""
+    bf16 on CUDA. weights: True loads them; False builds the real architecture on the meta device
+    (no memory); "random" builds it with seeded random weights (benchmarks, no download)."""
 
     def __init__(self, name="tiny", path="", layer=-1, device="cpu", weights=True):
         super().__init__()

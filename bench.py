@@ -1,0 +1,171 @@
+"""
+Speed of the training step and of inference, side by side in one run.
+
+    python bench.py                                                      # tiny, on this machine
+    python bench.py --backbone qwen2.5-vl-3b --size paper --random-init  # the paper's scale, one GPU
+
+Cases: the training step with the backbone run live, for the baseline and for --rscl, and the same
+two from cached features (features.py: the backbone is not run, its 16-bit features are read and
+moved to the device). Each case runs in a fresh process, so peak memory is its own. Timing excludes
+warm-up and synchronises the device. FLOPs are counted by torch's FlopCounterMode on one step
+(matmuls and attention, forward and backward), not estimated. One JSON line per case, then a summary:
+the RS-CL / baseline step-time ratio and the cache / live speed-up. Also the latency of predicting one
+action chunk (K Euler steps, the condition computed once).
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from backbone import BACKBONES, Backbone
+from model import SIZES, Policy, make_config
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--backbone", default="tiny", help=f"one of {', '.join(BACKBONES)}")
+p.add_argument("--backbone-path", default="")
+p.add_argument("--random-init", action="store_true", help="the real architecture with random weights (no download)")
+p.add_argument("--size", default="tiny", help=f"one of {', '.join(SIZES)}")
+p.add_argument("--batch-size", type=int, default=32)
+p.add_argument("--image-size", type=int, default=128)
+p.add_argument("--views", type=int, default=3)
+p.add_argument("--warmup", type=int, default=3)
+p.add_argument("--iters", type=int, default=10)
+p.add_argument("--device", default="auto")
+p.add_argument("--compile", action="store_true")
+p.add_argument("--case", default="", help=argparse.SUPPRESS)   # internal: run one case in this process
+args = p.parse_args()
+
+CASES = ["baseline", "rscl", "baseline-cached", "rscl-cached", "predict"]
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}   # dense bf16, per GPU
+
+
+def device_name(device):
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_case(case, device):
+    torch.manual_seed(0)
+    weights = "random" if args.random_init else True
+    backbone = Backbone(args.backbone, args.backbone_path, device=device, weights=weights)
+    cfg = make_config(backbone=args.backbone, size=args.size, cameras=[f"cam{v}" for v in range(args.views)],
+                      image_size=args.image_size)
+    policy = Policy(cfg, backbone=backbone, device=device)
+    if args.compile:
+        policy.adapter, policy.dit = torch.compile(policy.adapter), torch.compile(policy.dit)
+    B, cuda = args.batch_size, device.startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (B, args.views, args.image_size, args.image_size, 3), dtype=np.uint8)
+    instructions = ["pick up the red can and place it in the bin"] * B
+    q = torch.rand(B, cfg.state_dim, device=device) * 2 - 1
+    A = torch.rand(B, cfg.horizon, cfg.action_dim, device=device) * 2 - 1
+    if case == "predict":
+        return predict_latency(policy, images[:1], q[:1], instructions[:1], device)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.95, 0.999), fused=cuda)
+    cached = case.endswith("cached")
+    if cached:   # what the cache holds: 16-bit features in host memory (pinned, as the loader gives them)
+        f, m, v = backbone(images, instructions)
+        host = [f.to(torch.float16).cpu(), m.cpu(), v.cpu()]
+        host = [t.pin_memory() for t in host] if cuda else host
+
+    def step():
+        if cached:
+            feats, mask, views = (t.to(device, non_blocking=True) for t in host)
+            feats = feats.to(torch.bfloat16 if cuda else torch.float32)
+        else:
+            feats, mask, views = backbone(images, instructions)
+        with autocast:
+            out = policy(feats, mask, views, q, A, rscl="proprio" if case.startswith("rscl") else "none")
+            loss = out["loss_fm"] + out.get("loss_rscl", 0.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    policy.train()
+    for _ in range(args.warmup):
+        step()
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.iters):
+        step()
+    sync(device)
+    dt = (time.perf_counter() - t0) / args.iters
+    tflops = flops / dt / 1e12
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in device_name(device)), None) if cuda else None
+    return dict(case=case, samples_per_s=B / dt, step_ms=1e3 * dt, tflop_per_sample=flops / B / 1e12,
+                achieved_tflops=tflops, mfu=tflops / peak if peak else None, peak_mem_gb=peak_memory(device))
+
+
+@torch.no_grad()
+def predict_latency(policy, images, q, instructions, device):
+    policy.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    with autocast:
+        for _ in range(args.warmup):
+            policy.predict(images, q, instructions)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.iters):
+            policy.predict(images, q, instructions)
+        sync(device)
+    return dict(case="predict", chunk_latency_ms=1e3 * (time.perf_counter() - t0) / args.iters,
+                euler_steps=policy.cfg.euler_steps, peak_mem_gb=peak_memory(device))
+
+
+def peak_memory(device):
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB -> GiB, whole process
+
+
+def main():
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.backbone not in BACKBONES or args.size not in SIZES:
+        sys.exit(f"error: choose --backbone from {', '.join(BACKBONES)} and --size from {', '.join(SIZES)}")
+    if args.case:
+        print(json.dumps(run_case(args.case, device)))
+        return
+    header = dict(device=device_name(device), torch=torch.__version__, backbone=args.backbone, size=args.size,
+                  batch_size=args.batch_size, image_size=args.image_size, views=args.views,
+                  random_init=args.random_init, compile=args.compile)
+    print(json.dumps(header))
+    results = {}
+    for case in CASES:
+        cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--case", case]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"error: case {case} failed:\n{r.stderr[-2000:]}")
+        results[case] = json.loads(r.stdout.strip().splitlines()[-1])
+        print(json.dumps(results[case]), flush=True)
+    ms = {c: results[c]["step_ms"] for c in CASES[:4]}
+    print(json.dumps(dict(summary=True, rscl_over_baseline_live=ms["rscl"] / ms["baseline"],
+                          rscl_over_baseline_cached=ms["rscl-cached"] / ms["baseline-cached"],
+                          cache_speedup_baseline=ms["baseline"] / ms["baseline-cached"],
+                          cache_speedup_rscl=ms["rscl"] / ms["rscl-cached"])))
+
+
+if __name__ == "__main__":
+    main()

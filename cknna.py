@@ -1,0 +1,413 @@
+"""
+CKNNA (Centered Kernel Nearest-Neighbour Alignment, Huh et al. 2024) in O(N k) memory.
+
+Reproduces AlignmentMetrics.cknna of minyoungg/platonic-rep (unbiased=True) number for number,
+without its ~12 dense N x N arrays and its N^3 matmul: every HSIC term only needs the k nearest
+neighbours of each row, so the score is computed from kNN index lists (see shared/notes/cknna.md).
+
+    python cknna.py CKPT [CKPT ...] --data FILE --n 4415 --topk 10 --out out/cknna
+    python cknna.py --bench                          # ours vs dense N^3, time and peak memory
+    python cknna.py --bench --bench-sizes 1000 3000  # quick run
+
+Notation (cknna.md): A (N, d_a), B (N, d_b) features, row i = sample i; K = A A^T, L = B B^T;
+nnK(i) = the k columns j != i with the largest K[i, j] (torch.topk); mask_K[i, j] = 1 iff
+j in nnK(i) (rows, not symmetric); Kk = mask_K * K, Ll = mask_L * L; m = mask_K * mask_L,
+Km = m * K, Lm = m * L.  A sparse matrix here is a pair (key, val): key = i * N + j (int64,
+sorted), val = X[i, j], listing only the entries of its support.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+# -----------------------------------------------------------------------------
+CHUNK_BYTES = 256 * 2**20  # one (chunk, N) float64 block of the kernel during the kNN search
+DENSE_MAX = 8000  # the benchmark runs the dense N^3 implementation only up to this N
+BENCH_SIZES = [2000, 4415, 8000, 20000, 100000]
+BENCH_DIMS = (2048, 10)  # d_a (embedding) and d_b (proprioceptive state)
+
+# -----------------------------------------------------------------------------
+# helpers
+
+def _as_float64(x, name, device=None):
+    """numpy array or torch tensor (N, D), any dtype -> float64 tensor (N, D) on `device`."""
+    x = torch.as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N samples, D features), got shape {tuple(x.shape)}")
+    x = x.to(device=device if device is not None else x.device, dtype=torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf: clean or drop those samples first")
+    return x
+
+
+def _prepare(feats_a, feats_b, topk, min_topk, min_n):
+    A = _as_float64(feats_a, "feats_a")
+    B = _as_float64(feats_b, "feats_b", device=A.device)
+    n = A.shape[0]
+    if B.shape[0] != n:
+        raise ValueError(f"feats_a has {n} rows but feats_b has {B.shape[0]}: "
+                         "pass the same samples, in the same order, to both")
+    if isinstance(topk, bool) or int(topk) != topk or topk < min_topk:
+        raise ValueError(f"topk must be an integer >= {min_topk}, got {topk!r}")
+    topk = int(topk)
+    need = max(topk + 1, min_n)
+    if n < need:
+        raise ValueError(f"need at least max(topk + 1, {min_n}) = {need} samples, got N = {n}: "
+                         "pass more samples or a smaller topk")
+    return A, B, topk
+
+
+def _knn(F, topk):
+    """k nearest neighbours under the linear kernel F F^T, self excluded, in row chunks.
+    F (N, D) float64 -> idx (N, k) int64, val (N, k) float64 with val[i, r] = F_i . F_idx[i, r].
+    Memory: one (chunk, N) block, chunk = CHUNK_BYTES / (8 N) rows; never the whole N x N."""
+    N = F.shape[0]
+    chunk = max(1, CHUNK_BYTES // (8 * N))
+    idx = torch.empty(N, topk, dtype=torch.int64, device=F.device)
+    val = torch.empty(N, topk, dtype=F.dtype, device=F.device)
+    for s in range(0, N, chunk):
+        e = min(s + chunk, N)
+        block = F[s:e] @ F.T  # (c, N) rows s..e-1 of the kernel
+        r = torch.arange(e - s, device=F.device)
+        block[r, s + r] = float("-inf")  # the diagonal, as the reference's fill_diagonal_(-inf)
+        val[s:e], idx[s:e] = torch.topk(block, topk, dim=1)  # same op as the reference
+    return idx, val
+
+
+def _sparse(idx, val):
+    """kNN lists (N, k) -> the masked kernel mask * K as (key, val), key = i * N + j, sorted."""
+    N = idx.shape[0]
+    rows = torch.arange(N, device=idx.device).unsqueeze(1)  # (N, 1)
+    key = (rows * N + idx).reshape(-1)  # (N k,)
+    order = torch.argsort(key)
+    return key[order], val.reshape(-1)[order]
+
+
+def _find(query, keys):
+    """For each query key: (is it in the sorted `keys`, its position there)."""
+    if keys.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool), torch.zeros_like(query)
+    pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+    return keys[pos] == query, pos
+
+
+# -----------------------------------------------------------------------------
+# --- CKNNA: unbiased HSIC from kNN lists ---
+
+def hsic_sparse(n, kx, vx, ky, vy):
+    """Unbiased HSIC (Song et al. 2012) of two N x N matrices with zero diagonal, given sparse:
+    hsic(X, Y) = [ sum(X * Y^T) + sum(X) sum(Y) / ((n-1)(n-2)) - 2 sum(X @ Y) / (n-2) ] / (n(n-3))
+    kx, ky (nnz,) int64 sorted keys i * n + j; vx, vy (nnz,) float64 values. Returns a 0-d tensor."""
+    # sum(X * Y^T) = sum_{i,j} X[i, j] Y[j, i]: look up the transposed key j * n + i of every
+    # X entry among Y's keys (only pairs in both supports, in opposite directions, contribute)
+    i, j = kx // n, kx % n
+    hit, pos = _find(j * n + i, ky)
+    trace_term = (vx[hit] * vy[pos[hit]]).sum()
+    # sum(X @ Y) = sum_{i,l} sum_j X[i, j] Y[j, l] = sum_j colsum_X[j] * rowsum_Y[j]
+    colsum_x = torch.zeros(n, dtype=vx.dtype, device=vx.device).index_add_(0, j, vx)
+    rowsum_y = torch.zeros(n, dtype=vy.dtype, device=vy.device).index_add_(0, ky // n, vy)
+    xy_term = (colsum_x * rowsum_y).sum()
+    h = trace_term + vx.sum() * vy.sum() / ((n - 1) * (n - 2)) - 2 * xy_term / (n - 2)
+    return h / (n * (n - 3))
+
+
+@torch.no_grad()
+def cknna(feats_a, feats_b, topk=10):
+    """CKNNA of platonic-rep's AlignmentMetrics.cknna(A, B, topk) with unbiased=True.
+    feats_a (N, d_a), feats_b (N, d_b): numpy arrays or torch tensors (any float dtype, any
+    device; B is moved to A's device). No normalisation inside: L2-normalise rows first if
+    wanted. Argument order matters (~1e-3 relative): embedding first, proprio second.
+    Computed in float64 throughout (kernels, kNN search, sums), so TF32 never applies.
+    Ties (duplicate rows) are broken by torch.topk as in the reference, but on float64 kernel
+    values from a chunked matmul: near-tied neighbours can differ from a float32 dense run.
+    Returns a python float. Memory O(N k) beyond the inputs and one kNN chunk."""
+    A, B, k = _prepare(feats_a, feats_b, topk, min_topk=2, min_n=4)
+    n = A.shape[0]
+    kK, vK = _sparse(*_knn(A, k))  # Kk = mask_K * K: N k entries
+    kL, vL = _sparse(*_knn(B, k))  # Ll = mask_L * L
+    # joint mask m = mask_K * mask_L: the entries of Kk whose (i, j) is also in Ll's support
+    hit, pos = _find(kK, kL)
+    kM, vKm, vLm = kK[hit], vK[hit], vL[pos[hit]]  # Km and Lm share the support m (sorted)
+    h_kl = hsic_sparse(n, kM, vKm, kM, vLm)  # hsic(Km, Lm)
+    h_kk = hsic_sparse(n, kK, vK, kK, vK)  # hsic(Kk, Kk): the reference's similarity(K, K)
+    h_ll = hsic_sparse(n, kL, vL, kL, vL)  # hsic(Ll, Ll)
+    # the + 1e-6 is the reference's; a negative h_kk * h_ll gives NaN there and here
+    return (h_kl / (torch.sqrt(h_kk * h_ll) + 1e-6)).item()
+
+
+@torch.no_grad()
+def mutual_knn(feats_a, feats_b, topk=10):
+    """Mutual kNN accuracy: mean over i of |nnK(i) & nnL(i)| / k, in [0, 1].
+    feats_a (N, d_a), feats_b (N, d_b), as in cknna (float64, self excluded). Returns a float.
+    The reference ranks with argsort (diagonal -1e8) instead of topk: same sets up to ties."""
+    A, B, k = _prepare(feats_a, feats_b, topk, min_topk=1, min_n=2)
+    kK, _ = _sparse(*_knn(A, k))
+    kL, _ = _sparse(*_knn(B, k))
+    hit, _ = _find(kK, kL)  # |mask_K * mask_L| summed over all rows
+    return hit.sum().item() / (A.shape[0] * k)
+
+
+# -----------------------------------------------------------------------------
+# plots (matplotlib imported here only; a bare Figure renders with the Agg canvas)
+
+def _numpy(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def plot_alignment(scores, path, topk=10):
+    """Grouped bars. scores = {representation_name: {run_name: value}}; one group per
+    representation, one bar per run (checkpoint), each labelled with its value. Writes path."""
+    from matplotlib.figure import Figure
+    reps = list(scores)
+    runs = list(dict.fromkeys(r for rep in reps for r in scores[rep]))  # first-seen order
+    width = 0.8 / max(1, len(runs))
+    fig = Figure(figsize=(max(6.0, 1.6 * len(reps) * max(1, len(runs)) ** 0.5 + 2), 4.8))
+    ax = fig.subplots()
+    x = np.arange(len(reps))
+    for r, run in enumerate(runs):
+        vals = [scores[rep].get(run, np.nan) for rep in reps]
+        bars = ax.bar(x + (r - (len(runs) - 1) / 2) * width, vals, width, label=run,
+                      color=f"C{r % 10}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, reps)
+    ax.set_ylabel("CKNNA (higher = more aligned)")
+    ax.set_title(f"Alignment to proprioceptive state (CKNNA, k={topk})")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(min(lo, 0.0), hi + 0.12 * (hi - min(lo, 0.0)))  # room for the value labels
+    ax.legend(title="run", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps the outside legend
+
+
+def pca_2d(h):
+    """h (N, D) -> coordinates (N, 2) on the top two principal axes, explained-variance (2,)."""
+    h = _numpy(h).astype(np.float64)
+    hc = h - h.mean(0)  # (N, D) centred
+    _, s, vt = np.linalg.svd(hc, full_matrices=False)
+    return hc @ vt[:2].T, s[:2] ** 2 / max((s**2).sum(), 1e-300)
+
+
+def plot_projection(h, colour_by, path, title="PCA of the features"):
+    """2-D PCA of h (N, D), one subplot per colouring. colour_by = {label: (N,) values}:
+    integer/bool/string values are categorical (legend), float values continuous (colorbar).
+    Writes path."""
+    from matplotlib.figure import Figure
+    xy, var = pca_2d(h)
+    fig = Figure(figsize=(5.2 * len(colour_by), 4.8))
+    axes = np.atleast_1d(fig.subplots(1, len(colour_by)))
+    size = float(np.clip(30000 / len(xy), 2, 25))
+    for ax, (label, c) in zip(axes, colour_by.items()):
+        c = _numpy(c).reshape(-1)
+        if c.dtype.kind in "fc":  # continuous
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=c, s=size, cmap="viridis", alpha=0.8)
+            fig.colorbar(sc, ax=ax, label=label)
+        else:  # categorical: one colour per category (tab10, or tab20 repeating after 20)
+            cats = np.unique(c)
+            for q, cat in enumerate(cats):
+                colour = f"C{q}" if len(cats) <= 10 else _tab20(q)
+                ax.scatter(xy[c == cat, 0], xy[c == cat, 1], s=size, alpha=0.8, color=colour,
+                           label=str(cat))
+            ax.legend(title=label, fontsize=8, markerscale=max(1.0, 20 / size) ** 0.5,
+                      ncol=1 + len(cats) // 11, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set_title(f"coloured by {label}")
+        ax.set_xlabel(f"PC1 ({100 * var[0]:.1f}% var)")
+        ax.set_ylabel(f"PC2 ({100 * var[1]:.1f}% var)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps the outside legend
+
+
+def _tab20(q):
+    from matplotlib import colormaps
+    return colormaps["tab20"](q % 20)
+
+
+# -----------------------------------------------------------------------------
+# benchmark: every case in a fresh spawned process, so ru_maxrss is that case's peak alone
+
+def dense_cknna(A, B, topk):
+    """The reference algorithm with dense (N, N) float32 arrays and full N^3 matmuls."""
+    n = A.shape[0]
+    K, L = A @ A.T, B @ B.T
+
+    def mask(S):  # (N, N) 0/1: row i marks i's top-k columns, diagonal excluded
+        S = S.clone().fill_diagonal_(float("-inf"))
+        return torch.zeros_like(S).scatter_(1, torch.topk(S, topk, dim=1).indices, 1.0)
+
+    def hsic(X, Y):
+        X, Y = X.clone().fill_diagonal_(0), Y.clone().fill_diagonal_(0)
+        h = (X * Y.T).sum() + X.sum() * Y.sum() / ((n - 1) * (n - 2)) - 2 * (X @ Y).sum() / (n - 2)
+        return h / (n * (n - 3))
+
+    mK, mL = mask(K), mask(L)
+    m = mK * mL
+    h_kl, h_kk, h_ll = hsic(m * K, m * L), hsic(mK * K, mK * K), hsic(mL * L, mL * L)
+    return h_kl.item() / (torch.sqrt(h_kk * h_ll) + 1e-6).item()
+
+
+def _peak_mb():
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _bench_case(impl, n, topk):
+    """Runs in a fresh child: build the inputs, time one implementation, report peak RSS."""
+    g = torch.Generator().manual_seed(n)
+    A = torch.nn.functional.normalize(torch.randn(n, BENCH_DIMS[0], generator=g), dim=1)
+    B = torch.nn.functional.normalize(torch.randn(n, BENCH_DIMS[1], generator=g), dim=1)
+    value, t0 = None, time.perf_counter()
+    if impl == "ours":
+        value = cknna(A, B, topk)
+    elif impl == "dense":
+        value = dense_cknna(A, B, topk)
+    return dict(seconds=time.perf_counter() - t0, peak_mb=_peak_mb(), cknna=value)
+
+
+def _in_child(*args):
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+        try:
+            return ex.submit(_bench_case, *args).result()
+        except Exception as e:  # e.g. the child was killed for memory
+            return dict(seconds=None, peak_mb=None, cknna=None, error=repr(e))
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def bench(sizes, topk):
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cpus; python {platform.python_version()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; A {BENCH_DIMS[0]}-d vs B {BENCH_DIMS[1]}-d, "
+          f"random, rows L2-normalised, topk={topk}; ours float64, dense float32")
+    head = f"{'N':>7} {'impl':>6} {'time s':>9} {'peak MB':>9} {'net MB':>9} {'cknna':>12} {'|diff|':>9}"
+    print(head + "\n" + "-" * len(head), flush=True)
+    records = []
+    for n in sizes:
+        base = _in_child("inputs", n, topk)["peak_mb"]  # torch + the inputs, nothing else
+        results = {impl: _in_child(impl, n, topk) for impl in
+                   (["dense"] if n <= DENSE_MAX else []) + ["ours"]}
+        for impl, r in results.items():
+            r.update(n=n, impl=impl, inputs_mb=base,
+                     net_mb=None if r["peak_mb"] is None else r["peak_mb"] - base)
+            dense = results.get("dense", {}).get("cknna")
+            if impl == "ours" and dense is not None and r["cknna"] is not None:
+                r["abs_diff"] = abs(r["cknna"] - dense)
+            print(f"{n:>7} {impl:>6} {_fmt(r['seconds'], '9.2f')} {_fmt(r['peak_mb'], '9.0f')} "
+                  f"{_fmt(r['net_mb'], '9.0f')} {_fmt(r['cknna'], '12.8f')} "
+                  f"{_fmt(r.get('abs_diff'), '9.1e')}"
+                  + (f"  {r['error']}" if "error" in r else ""), flush=True)
+            records.append(r)
+    print("peak MB = ru_maxrss of the child; net MB = peak minus a child that only builds the inputs")
+    for r in records:
+        print(json.dumps(r))
+
+
+# -----------------------------------------------------------------------------
+
+def _run_name(path):
+    """runs/main-rscl/ckpt.pt -> main-rscl"""
+    return os.path.basename(os.path.dirname(os.path.abspath(path))) or os.path.basename(path)
+
+
+@torch.no_grad()
+def extract(policy, ds, idx, batch_size=32):
+    """Pooled representations of samples idx of ds, each row L2-normalised, and q.
+    Pooling: the mean over real (non-padding) tokens, for the backbone features and for h; z is
+    one vector per sample already. q: min-max scaled with the checkpoint's statistics, then
+    L2-normalised like the embeddings (as in the paper's analysis)."""
+    from data import collate
+    out = {"backbone": [], "h": [], "z": [], "q": []}
+    for s in range(0, len(idx), batch_size):
+        b = collate([ds[i] for i in idx[s:s + batch_size]])
+        c = policy.encode(b["images"], b["instructions"])
+        m = c["mask"][..., None].float()                                   # (B, N, 1)
+        out["backbone"].append((c["feats"].float() * m).sum(1) / m.sum(1))  # (B, D)
+        out["h"].append((c["h"].float() * m).sum(1) / m.sum(1))             # (B, D)
+        out["z"].append(c["z"].float())                                     # (B, 128)
+        out["q"].append(policy.normalize(b["q"].to(m.device), "q").float())  # (B, 10) in [-1, 1]
+    return {k: torch.nn.functional.normalize(torch.cat(v).cpu(), dim=1) for k, v in out.items()}
+
+
+def analyse(args):
+    """CKNNA and mutual kNN of each checkpoint's representations against q, the grouped-bar plot,
+    and a PCA of h coloured by episode appearance and by robot state."""
+    from data import DataError, DemoDataset, open_demos
+    from model import Policy
+    os.makedirs(args.out, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scores, table, backbones = {}, [], {}
+    for path in args.ckpt:
+        policy = Policy.from_checkpoint(path, device=device)
+        cfg = policy.cfg
+        ds = DemoDataset(args.data, cfg.cameras, cfg.horizon, split="all", proprio_keys=tuple(args.proprio_keys.split(",")))
+        n = min(args.n, len(ds))
+        if n < max(args.topk + 1, 4):
+            raise ValueError(f"{args.data} has {len(ds)} samples: CKNNA with k = {args.topk} needs at least {args.topk + 1}")
+        idx = sorted(torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
+        reps = extract(policy, ds, idx)
+        run = _run_name(path)
+        backbones[run] = cfg.backbone
+        for rep in ("backbone", "h", "z"):
+            a = cknna(reps[rep], reps["q"], args.topk)
+            m = mutual_knn(reps[rep], reps["q"], args.topk)
+            scores.setdefault(rep, {})[run] = a
+            table.append(dict(run=run, representation=rep, cknna=a, mutual_knn=m, n=n))
+        # the motivating picture: does h cluster by how the scene looks, or by the robot's state?
+        f = open_demos(args.data)
+        looks = [f["data"][ds.demos[ds.index[i][0]]].attrs.get("appearance", ds.demos[ds.index[i][0]]) for i in idx]
+        f.close()
+        ids = {a: k for k, a in enumerate(dict.fromkeys(looks))}
+        q = np.stack([ds.q[ds.index[i][0]][ds.index[i][1]] for i in idx])  # raw 10-D state
+        plot_projection(reps["h"].numpy(), {"episode appearance": np.array([ids[a] for a in looks]),
+                                            "gripper opening (m)": q[:, 9].astype(float),
+                                            "end-effector height (m)": q[:, 2].astype(float)},
+                        os.path.join(args.out, f"projection_{run}.png"),
+                        title=f"{run}: PCA of the adapter output h (mean over tokens), {n} samples")
+    if len(set(backbones.values())) > 1:   # allowed, but the legend must say so
+        scores = {rep: {f"{r} ({backbones[r]})": v for r, v in d.items()} for rep, d in scores.items()}
+    plot_alignment(scores, os.path.join(args.out, "alignment.png"), args.topk)
+    print(f"{'run':24s} {'representation':15s} {'CKNNA':>8s} {'mutual kNN':>11s}   (k = {args.topk})")
+    for r in table:
+        print(f"{r['run']:24s} {r['representation']:15s} {r['cknna']:8.4f} {r['mutual_knn']:11.4f}")
+    json.dump(dict(rows=table, backbones=backbones, data=args.data), open(os.path.join(args.out, "scores.json"), "w"), indent=1)
+    print(f"figures: {args.out}/alignment.png, {args.out}/projection_*.png; scores: {args.out}/scores.json")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="CKNNA alignment of policy features to proprio state")
+    p.add_argument("ckpt", nargs="*", help="checkpoints to analyse")
+    p.add_argument("--data", help="HDF5 demo file to draw samples from")
+    p.add_argument("--n", type=int, default=4415, help="number of samples")
+    p.add_argument("--topk", type=int, default=10, help="k nearest neighbours")
+    p.add_argument("--out", default="out/cknna", help="output folder for figures and scores")
+    p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
+                   help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
+    p.add_argument("--bench", action="store_true", help="time ours vs dense N^3, then exit")
+    p.add_argument("--bench-sizes", type=int, nargs="+", default=BENCH_SIZES,
+                   help=f"N values for --bench (dense runs only for N <= {DENSE_MAX})")
+    args = p.parse_args(argv)
+    if args.bench:
+        return bench(args.bench_sizes, args.topk)
+    if not args.ckpt or not args.data:
+        p.error("give at least one CKPT and --data FILE (or --bench)")
+    from data import DataError
+    try:
+        analyse(args)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
