@@ -40,6 +40,9 @@ p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--iters", type=int, default=10)
 p.add_argument("--device", default="auto")
 p.add_argument("--compile", action="store_true")
+p.add_argument("--flops-only", action="store_true",
+               help="count FLOPs per sample without timing: backbone forward on the CPU (random weights), "
+                    "adapter + DiT on the meta device; for machines without the GPU the size needs")
 p.add_argument("--case", default="", help=argparse.SUPPRESS)   # internal: run one case in this process
 args = p.parse_args()
 
@@ -135,6 +138,40 @@ def predict_latency(policy, images, q, instructions, device):
                 euler_steps=policy.cfg.euler_steps, peak_mem_gb=peak_memory(device))
 
 
+def count_flops():
+    """FLOPs per sample of one training step, by torch's counter: the frozen backbone's forward
+    (run once on the CPU with random weights, batch 1) and the policy's forward + backward for the
+    baseline and for RS-CL (on the meta device: shapes only, no memory, no time)."""
+    import torch.nn as nn
+    from torch.utils.flop_counter import FlopCounterMode
+    backbone = Backbone(args.backbone, args.backbone_path, device="cpu", weights="random" if args.random_init else True)
+    images = np.zeros((1, args.views, args.image_size, args.image_size, 3), np.uint8)
+    with FlopCounterMode(display=False) as c:
+        feats, mask, views = backbone(images, ["pick up the red can and place it in the bin"])
+    backbone_flops = c.get_total_flops()
+    stub = nn.Module()   # the policy's trainable parts only need the backbone's width
+    stub.dim, stub.layer = backbone.dim, backbone.layer
+    cfg = make_config(backbone=args.backbone, size=args.size, cameras=[f"cam{v}" for v in range(args.views)],
+                      image_size=args.image_size)
+    with torch.device("meta"):
+        policy = Policy(cfg, backbone=stub, device="meta")
+    B = 2
+    meta = lambda t: t.expand(B, *t.shape[1:]).to("meta")
+    q, A = torch.zeros(B, cfg.state_dim, device="meta"), torch.zeros(B, cfg.horizon, cfg.action_dim, device="meta")
+    out = dict(device="flop count (no timing)", backbone=args.backbone, size=args.size, image_size=args.image_size,
+               views=args.views, tokens=int(feats.shape[1]), backbone_fwd_tflop_per_sample=backbone_flops / 1e12,
+               trainable_params_m=sum(p.numel() for n, p in policy.named_parameters()) / 1e6)
+    for case in ("baseline", "rscl"):
+        with FlopCounterMode(display=False) as c:
+            o = policy(meta(feats), meta(mask), meta(views), q, A, rscl="proprio" if case == "rscl" else "none")
+            (o["loss_fm"] + o.get("loss_rscl", 0.0)).backward()
+        out[f"{case}_policy_tflop_per_sample"] = c.get_total_flops() / B / 1e12
+    total = {c: out["backbone_fwd_tflop_per_sample"] + out[f"{c}_policy_tflop_per_sample"] for c in ("baseline", "rscl")}
+    out.update(baseline_total=total["baseline"], rscl_total=total["rscl"], rscl_over_baseline=total["rscl"] / total["baseline"],
+               rscl_over_baseline_cached=out["rscl_policy_tflop_per_sample"] / out["baseline_policy_tflop_per_sample"])
+    return out
+
+
 def peak_memory(device):
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2 ** 30
@@ -145,6 +182,9 @@ def main():
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.backbone not in BACKBONES or args.size not in SIZES:
         sys.exit(f"error: choose --backbone from {', '.join(BACKBONES)} and --size from {', '.join(SIZES)}")
+    if args.flops_only:
+        print(json.dumps(count_flops()))
+        return
     if args.case:
         print(json.dumps(run_case(args.case, device)))
         return
