@@ -190,7 +190,7 @@ def augment(images, generator=None):
 # -----------------------------------------------------------------------------
 # a small synthetic file in the same layout, for tests and quick runs
 
-def write_synthetic(path, n_demos=8, T=40, image_size=64, cameras=("agentview", "sideview", "robot0_eye_in_hand"),
+def write_synthetic(path, n_demos=8, T=40, image_size=64, cameras=("agentview", "frontview", "robot0_eye_in_hand"),
                     seed=0):
     """Demos of a point 'gripper' moving to a target, drawn as coloured squares in every view.
     Actions are the (clipped) direction to the target, so the chunk is predictable from q and images."""

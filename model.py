@@ -42,7 +42,7 @@ class PolicyConfig:
     backbone_path: str = ""          # local folder with the weights ("" = the hub id)
     layer: int = -1                  # LLM layer whose output is the feature (-1 = the backbone's default)
     size: str = "tiny"               # a key of SIZES
-    cameras: list = field(default_factory=lambda: ["agentview", "sideview", "robot0_eye_in_hand"])
+    cameras: list = field(default_factory=lambda: ["agentview", "frontview", "robot0_eye_in_hand"])
     image_size: int = 128
     state_dim: int = 10              # q: eef xyz + 6D rotation + gripper
     action_dim: int = 7

@@ -42,7 +42,7 @@ p.add_argument("--cutoff", default="view", choices=["view", "token", "span"], he
 p.add_argument("--beta", type=float, default=1.0, help="temperature of the soft weights")
 p.add_argument("--tau", type=float, default=0.2, help="temperature of the cosine similarities")
 p.add_argument("--data", default="data/demos.hdf5")
-p.add_argument("--cameras", default="agentview,sideview,robot0_eye_in_hand")
+p.add_argument("--cameras", default="agentview,frontview,robot0_eye_in_hand")
 p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
                help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
 p.add_argument("--horizon", type=int, default=16, help="H, actions per chunk")

@@ -76,7 +76,7 @@ def test_bad_data_files(synthetic, tmp_path):
         f["images"] = [1, 2]
         f["labels"] = [0, 1]
     bad(train("--data", str(tmp_path / "other.hdf5")), "['images', 'labels']")
-    bad(train("--data", synthetic, "--cameras", "agentview,frontview"), "frontview", "agentview_image")
+    bad(train("--data", synthetic, "--cameras", "agentview,birdview"), "birdview", "agentview_image")
     bad(train("--data", synthetic, "--proprio-keys", "ee_pos,ee_quat,gripper"), "ee_pos", "--proprio-keys")
 
 

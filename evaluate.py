@@ -1,0 +1,188 @@
+"""
+Closed-loop evaluation in robosuite: predict a chunk of H actions, execute the first few, re-plan.
+
+    python evaluate.py runs/tiny-rscl/ckpt.pt --tasks lift --episodes 20
+    python evaluate.py CKPT --tasks lift,can,stack --episodes 50 --appearance unseen   # held-out looks
+
+Episodes run in worker processes (one env each); the policy runs here, batched across the envs.
+Evaluation seeds are fixed and disjoint from the collection seeds (sim.episode_seed). Success is
+the env's own check. Prints per-task success with a 95% Wilson interval, writes results.json and
+a GIF of the first episodes with every camera view side by side.
+"""
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import sim
+from model import Policy
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("ckpt")
+p.add_argument("--tasks", default="lift")
+p.add_argument("--episodes", type=int, default=10, help="episodes per task")
+p.add_argument("--appearance", default="seen", choices=["seen", "unseen"], help="training-like or held-out looks")
+p.add_argument("--execute", type=int, default=8, help="actions executed per predicted chunk before re-planning")
+p.add_argument("--horizon", type=int, default=0, help="max env steps per episode (0: the task's default)")
+p.add_argument("--workers", type=int, default=2, help="env worker processes")
+p.add_argument("--videos", type=int, default=2, help="episodes saved as GIF (first ones of each task)")
+p.add_argument("--out", default="", help="output folder (default: next to the checkpoint, eval-<appearance>)")
+p.add_argument("--device", default="auto")
+p.add_argument("--seed", type=int, default=0, help="seed of the policy's noise")
+args = p.parse_args()
+
+
+def die(msg, code=2):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def wilson(k, n, z=1.96):
+    """95% Wilson score interval of a binomial proportion k / n."""
+    if n == 0:
+        return 0.0, 0.0
+    p_hat = k / n
+    centre = (p_hat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p_hat * (1 - p_hat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# -----------------------------------------------------------------------------
+# a worker owns one env; it answers ("reset", task, seed, appearance) and ("step", actions)
+
+def worker(conn, cameras, image_size):
+    envs = {}
+    while True:
+        msg = conn.recv()
+        if msg[0] == "close":
+            break
+        if msg[0] == "reset":
+            _, task, seed, appearance = msg
+            if task not in envs:
+                envs[task] = sim.make_env(task, image_size=image_size, cameras=cameras)
+            env = envs[task]
+            obs = sim.reset(env, seed, appearance)
+            frames = [sim.observation(obs, cameras)["images"]]
+            conn.send((sim.observation(obs, cameras), False, frames, 0))
+        else:   # execute a chunk of actions, stop early on success
+            _, actions = msg
+            frames, success, n = [], False, 0
+            for a in actions:
+                obs, _, _, _ = env.step(np.clip(a, -1, 1))
+                n += 1
+                frames.append(sim.observation(obs, cameras)["images"])
+                if env._check_success():
+                    success = True
+                    break
+            conn.send((sim.observation(obs, cameras), success, frames, n))
+    for env in envs.values():
+        env.close()
+
+
+def save_gif(frames, path, fps=20):
+    """frames: list of (V, H, W, 3) uint8 -> a GIF with the V views side by side."""
+    from PIL import Image
+    images = [Image.fromarray(np.concatenate(list(f), axis=1)) for f in frames[::2]]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(2000 / fps), loop=0)
+
+
+def main():
+    tasks = args.tasks.split(",")
+    unknown = [t for t in tasks if t not in sim.TASKS]
+    if unknown:
+        die(f"unknown task {unknown}: choose from {', '.join(sim.TASKS)}")
+    if args.episodes <= 0:
+        die(f"--episodes must be positive (got {args.episodes})")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        policy = Policy.from_checkpoint(args.ckpt, device=device)
+    except Exception as e:
+        die(str(e))
+    cfg = policy.cfg
+    missing = [c for c in cfg.cameras if c not in sim.CAMERAS]
+    if missing or cfg.action_dim != sim.ACTION_DIM:
+        die(f"checkpoint does not match the simulator: it reads cameras {cfg.cameras} and writes {cfg.action_dim}-D "
+            f"actions; sim.py offers cameras {list(sim.CAMERAS)} and {sim.ACTION_DIM}-D actions")
+    sim.check_gl()   # one clear line if no offscreen GL backend works
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.appearance}")
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(args.seed)
+
+    jobs = [(t, i) for t in tasks for i in range(args.episodes)]
+    ctx = mp.get_context("spawn")
+    n_workers = max(1, min(args.workers, len(jobs)))
+    pipes = []
+    for _ in range(n_workers):
+        a, b = ctx.Pipe()
+        ctx.Process(target=worker, args=(b, cfg.cameras, cfg.image_size), daemon=True).start()
+        pipes.append(a)
+
+    results = {t: [] for t in tasks}
+    videos = {}
+    state = {}   # worker -> dict(job, obs, steps, frames)
+    bar = tqdm(total=len(jobs), desc="episodes", unit="ep")
+
+    def start(w):
+        if not jobs:
+            return
+        task, i = jobs.pop(0)
+        pipes[w].send(("reset", task, sim.episode_seed("eval", task, i), sim.appearance(args.appearance, i)))
+        obs, _, frames, _ = pipes[w].recv()
+        state[w] = dict(job=(task, i), obs=obs, steps=0, frames=frames if i < args.videos else None)
+
+    t0 = time.time()
+    for w in range(n_workers):
+        start(w)
+    while state:
+        ws = sorted(state)
+        images = torch.from_numpy(np.stack([state[w]["obs"]["images"] for w in ws]))
+        q = torch.from_numpy(np.stack([state[w]["obs"]["q"] for w in ws]))
+        instructions = [sim.TASKS[state[w]["job"][0]]["instruction"] for w in ws]
+        chunks = policy.predict(images, q, instructions).cpu().numpy()           # (n, H, a)
+        for w, chunk in zip(ws, chunks):
+            pipes[w].send(("step", chunk[:args.execute]))
+        for w in ws:
+            obs, success, frames, n = pipes[w].recv()
+            s = state[w]
+            s["obs"], s["steps"] = obs, s["steps"] + n
+            if s["frames"] is not None:
+                s["frames"] += frames
+            task, i = s["job"]
+            limit = args.horizon or sim.TASKS[task]["horizon"]
+            if success or s["steps"] >= limit:
+                results[task].append(dict(episode=i, seed=sim.episode_seed("eval", task, i), success=bool(success),
+                                          steps=s["steps"]))
+                if s["frames"] is not None:
+                    videos[f"{task}_{i}"] = s["frames"]
+                del state[w]
+                bar.update(1)
+                bar.set_postfix({t: f"{sum(r['success'] for r in results[t])}/{len(results[t])}" for t in tasks})
+                start(w)
+    bar.close()
+    for pipe in pipes:
+        pipe.send(("close",))
+
+    summary = {}
+    for t in tasks:
+        k, n = sum(r["success"] for r in results[t]), len(results[t])
+        lo, hi = wilson(k, n)
+        summary[t] = dict(success=k / n, successes=k, episodes=n, wilson95=[lo, hi])
+        print(f"{t:8s} success {k}/{n} = {k / n:.2f}  (95% Wilson interval {lo:.2f}-{hi:.2f})")
+    for name, frames in videos.items():
+        save_gif(frames, os.path.join(out, f"{name}.gif"))
+    report = dict(ckpt=os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute,
+                  summary=summary, episodes=results, seconds=time.time() - t0)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"results: {os.path.join(out, 'results.json')}; videos: {', '.join(sorted(videos)) or 'none'} in {out}")
+
+
+if __name__ == "__main__":
+    main()
