@@ -11,6 +11,8 @@ warm-up and synchronises the device. FLOPs are counted by torch's FlopCounterMod
 (matmuls and attention, forward and backward), not estimated. One JSON line per case, then a summary:
 the RS-CL / baseline step-time ratio and the cache / live speed-up. Also the latency of predicting one
 action chunk (K Euler steps, the condition computed once).
+
+    python bench.py --cknna      # cknna.py against the dense N^3 reference: time and peak memory
 """
 import argparse
 import json
@@ -26,7 +28,12 @@ import numpy as np
 import torch
 
 from backbone import BACKBONES, Backbone
+from cknna import cknna
 from model import SIZES, Policy, make_config
+
+CKNNA_SIZES = [2000, 4415, 8000, 20000, 100000]
+DENSE_MAX = 8000          # the dense N^3 reference runs only up to this N
+BENCH_DIMS = (2048, 10)   # d_a (embedding) and d_b (proprioceptive state)
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--backbone", default="tiny", help=f"one of {', '.join(BACKBONES)}")
@@ -43,6 +50,8 @@ p.add_argument("--compile", action="store_true")
 p.add_argument("--flops-only", action="store_true",
                help="count FLOPs per sample without timing: backbone forward on the CPU (random weights), "
                     "adapter + DiT on the meta device; for machines without the GPU the size needs")
+p.add_argument("--cknna", action="store_true", help="time and memory of cknna.py against a dense N^3 CKNNA")
+p.add_argument("--cknna-sizes", type=int, nargs="+", default=CKNNA_SIZES, help="N values for --cknna")
 p.add_argument("--case", default="", help=argparse.SUPPRESS)   # internal: run one case in this process
 args = p.parse_args()
 
@@ -178,10 +187,95 @@ def peak_memory(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB -> GiB, whole process
 
 
+# -----------------------------------------------------------------------------
+# CKNNA: ours (cknna.py, O(N k) memory) against the reference algorithm with dense N x N arrays
+
+def dense_cknna(A, B, topk):
+    """The reference algorithm with dense (N, N) float32 arrays and full N^3 matmuls."""
+    n = A.shape[0]
+    K, L = A @ A.T, B @ B.T
+
+    def mask(S):  # (N, N) 0/1: row i marks i's top-k columns, diagonal excluded
+        S = S.clone().fill_diagonal_(float("-inf"))
+        return torch.zeros_like(S).scatter_(1, torch.topk(S, topk, dim=1).indices, 1.0)
+
+    def hsic(X, Y):
+        X, Y = X.clone().fill_diagonal_(0), Y.clone().fill_diagonal_(0)
+        h = (X * Y.T).sum() + X.sum() * Y.sum() / ((n - 1) * (n - 2)) - 2 * (X @ Y).sum() / (n - 2)
+        return h / (n * (n - 3))
+
+    mK, mL = mask(K), mask(L)
+    m = mK * mL
+    h_kl, h_kk, h_ll = hsic(m * K, m * L), hsic(mK * K, mK * K), hsic(mL * L, mL * L)
+    return h_kl.item() / (torch.sqrt(h_kk * h_ll) + 1e-6).item()
+
+
+def _peak_mb():
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _bench_case(impl, n, topk):
+    """Runs in a fresh child: build the inputs, time one implementation, report peak RSS."""
+    g = torch.Generator().manual_seed(n)
+    A = torch.nn.functional.normalize(torch.randn(n, BENCH_DIMS[0], generator=g), dim=1)
+    B = torch.nn.functional.normalize(torch.randn(n, BENCH_DIMS[1], generator=g), dim=1)
+    value, t0 = None, time.perf_counter()
+    if impl == "ours":
+        value = cknna(A, B, topk)
+    elif impl == "dense":
+        value = dense_cknna(A, B, topk)
+    return dict(seconds=time.perf_counter() - t0, peak_mb=_peak_mb(), cknna=value)
+
+
+def _in_child(*args):
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+        try:
+            return ex.submit(_bench_case, *args).result()
+        except Exception as e:  # e.g. the child was killed for memory
+            return dict(seconds=None, peak_mb=None, cknna=None, error=repr(e))
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def bench_cknna(sizes, topk):
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cpus; python {platform.python_version()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; A {BENCH_DIMS[0]}-d vs B {BENCH_DIMS[1]}-d, "
+          f"random, rows L2-normalised, topk={topk}; ours float64, dense float32")
+    head = f"{'N':>7} {'impl':>6} {'time s':>9} {'peak MB':>9} {'net MB':>9} {'cknna':>12} {'|diff|':>9}"
+    print(head + "\n" + "-" * len(head), flush=True)
+    records = []
+    for n in sizes:
+        base = _in_child("inputs", n, topk)["peak_mb"]  # torch + the inputs, nothing else
+        results = {impl: _in_child(impl, n, topk) for impl in
+                   (["dense"] if n <= DENSE_MAX else []) + ["ours"]}
+        for impl, r in results.items():
+            r.update(n=n, impl=impl, inputs_mb=base,
+                     net_mb=None if r["peak_mb"] is None else r["peak_mb"] - base)
+            dense = results.get("dense", {}).get("cknna")
+            if impl == "ours" and dense is not None and r["cknna"] is not None:
+                r["abs_diff"] = abs(r["cknna"] - dense)
+            print(f"{n:>7} {impl:>6} {_fmt(r['seconds'], '9.2f')} {_fmt(r['peak_mb'], '9.0f')} "
+                  f"{_fmt(r['net_mb'], '9.0f')} {_fmt(r['cknna'], '12.8f')} "
+                  f"{_fmt(r.get('abs_diff'), '9.1e')}"
+                  + (f"  {r['error']}" if "error" in r else ""), flush=True)
+            records.append(r)
+    print("peak MB = ru_maxrss of the child; net MB = peak minus a child that only builds the inputs")
+    for r in records:
+        print(json.dumps(r))
+
+
 def main():
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.backbone not in BACKBONES or args.size not in SIZES:
         sys.exit(f"error: choose --backbone from {', '.join(BACKBONES)} and --size from {', '.join(SIZES)}")
+    if args.cknna:
+        return bench_cknna(args.cknna_sizes, 10)
     if args.flops_only:
         print(json.dumps(count_flops()))
         return

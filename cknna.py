@@ -6,8 +6,7 @@ without its ~12 dense N x N arrays and its N^3 matmul: every HSIC term only need
 neighbours of each row, so the score is computed from kNN index lists (see shared/notes/cknna.md).
 
     python cknna.py CKPT [CKPT ...] --data FILE --n 4415 --topk 10 --out out/cknna
-    python cknna.py --bench                          # ours vs dense N^3, time and peak memory
-    python cknna.py --bench --bench-sizes 1000 3000  # quick run
+    python bench.py --cknna                          # its cost against the dense N^3 reference
 
 Notation (cknna.md): A (N, d_a), B (N, d_b) features, row i = sample i; K = A A^T, L = B B^T;
 nnK(i) = the k columns j != i with the largest K[i, j] (torch.topk); mask_K[i, j] = 1 iff
@@ -18,19 +17,13 @@ sorted), val = X[i, j], listing only the entries of its support.
 import argparse
 import json
 import os
-import platform
-import resource
 import sys
-import time
 
 import numpy as np
 import torch
 
 # -----------------------------------------------------------------------------
 CHUNK_BYTES = 256 * 2**20  # one (chunk, N) float64 block of the kernel during the kNN search
-DENSE_MAX = 8000  # the benchmark runs the dense N^3 implementation only up to this N
-BENCH_SIZES = [2000, 4415, 8000, 20000, 100000]
-BENCH_DIMS = (2048, 10)  # d_a (embedding) and d_b (proprioceptive state)
 
 # -----------------------------------------------------------------------------
 # helpers
@@ -233,86 +226,6 @@ def _tab20(q):
 # -----------------------------------------------------------------------------
 # benchmark: every case in a fresh spawned process, so ru_maxrss is that case's peak alone
 
-def dense_cknna(A, B, topk):
-    """The reference algorithm with dense (N, N) float32 arrays and full N^3 matmuls."""
-    n = A.shape[0]
-    K, L = A @ A.T, B @ B.T
-
-    def mask(S):  # (N, N) 0/1: row i marks i's top-k columns, diagonal excluded
-        S = S.clone().fill_diagonal_(float("-inf"))
-        return torch.zeros_like(S).scatter_(1, torch.topk(S, topk, dim=1).indices, 1.0)
-
-    def hsic(X, Y):
-        X, Y = X.clone().fill_diagonal_(0), Y.clone().fill_diagonal_(0)
-        h = (X * Y.T).sum() + X.sum() * Y.sum() / ((n - 1) * (n - 2)) - 2 * (X @ Y).sum() / (n - 2)
-        return h / (n * (n - 3))
-
-    mK, mL = mask(K), mask(L)
-    m = mK * mL
-    h_kl, h_kk, h_ll = hsic(m * K, m * L), hsic(mK * K, mK * K), hsic(mL * L, mL * L)
-    return h_kl.item() / (torch.sqrt(h_kk * h_ll) + 1e-6).item()
-
-
-def _peak_mb():
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def _bench_case(impl, n, topk):
-    """Runs in a fresh child: build the inputs, time one implementation, report peak RSS."""
-    g = torch.Generator().manual_seed(n)
-    A = torch.nn.functional.normalize(torch.randn(n, BENCH_DIMS[0], generator=g), dim=1)
-    B = torch.nn.functional.normalize(torch.randn(n, BENCH_DIMS[1], generator=g), dim=1)
-    value, t0 = None, time.perf_counter()
-    if impl == "ours":
-        value = cknna(A, B, topk)
-    elif impl == "dense":
-        value = dense_cknna(A, B, topk)
-    return dict(seconds=time.perf_counter() - t0, peak_mb=_peak_mb(), cknna=value)
-
-
-def _in_child(*args):
-    import concurrent.futures as cf
-    import multiprocessing as mp
-    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-        try:
-            return ex.submit(_bench_case, *args).result()
-        except Exception as e:  # e.g. the child was killed for memory
-            return dict(seconds=None, peak_mb=None, cknna=None, error=repr(e))
-
-
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
-def bench(sizes, topk):
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cpus; python {platform.python_version()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; A {BENCH_DIMS[0]}-d vs B {BENCH_DIMS[1]}-d, "
-          f"random, rows L2-normalised, topk={topk}; ours float64, dense float32")
-    head = f"{'N':>7} {'impl':>6} {'time s':>9} {'peak MB':>9} {'net MB':>9} {'cknna':>12} {'|diff|':>9}"
-    print(head + "\n" + "-" * len(head), flush=True)
-    records = []
-    for n in sizes:
-        base = _in_child("inputs", n, topk)["peak_mb"]  # torch + the inputs, nothing else
-        results = {impl: _in_child(impl, n, topk) for impl in
-                   (["dense"] if n <= DENSE_MAX else []) + ["ours"]}
-        for impl, r in results.items():
-            r.update(n=n, impl=impl, inputs_mb=base,
-                     net_mb=None if r["peak_mb"] is None else r["peak_mb"] - base)
-            dense = results.get("dense", {}).get("cknna")
-            if impl == "ours" and dense is not None and r["cknna"] is not None:
-                r["abs_diff"] = abs(r["cknna"] - dense)
-            print(f"{n:>7} {impl:>6} {_fmt(r['seconds'], '9.2f')} {_fmt(r['peak_mb'], '9.0f')} "
-                  f"{_fmt(r['net_mb'], '9.0f')} {_fmt(r['cknna'], '12.8f')} "
-                  f"{_fmt(r.get('abs_diff'), '9.1e')}"
-                  + (f"  {r['error']}" if "error" in r else ""), flush=True)
-            records.append(r)
-    print("peak MB = ru_maxrss of the child; net MB = peak minus a child that only builds the inputs")
-    for r in records:
-        print(json.dumps(r))
-
-
 # -----------------------------------------------------------------------------
 
 def _run_name(path):
@@ -342,7 +255,7 @@ def extract(policy, ds, idx, batch_size=32):
 def analyse(args):
     """CKNNA and mutual kNN of each checkpoint's representations against q, the grouped-bar plot,
     and a PCA of h coloured by episode appearance and by robot state."""
-    from data import DataError, DemoDataset, open_demos
+    from data import DemoDataset, open_demos
     from model import Policy
     os.makedirs(args.out, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -393,14 +306,9 @@ def main(argv=None):
     p.add_argument("--out", default="out/cknna", help="output folder for figures and scores")
     p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
                    help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
-    p.add_argument("--bench", action="store_true", help="time ours vs dense N^3, then exit")
-    p.add_argument("--bench-sizes", type=int, nargs="+", default=BENCH_SIZES,
-                   help=f"N values for --bench (dense runs only for N <= {DENSE_MAX})")
     args = p.parse_args(argv)
-    if args.bench:
-        return bench(args.bench_sizes, args.topk)
     if not args.ckpt or not args.data:
-        p.error("give at least one CKPT and --data FILE (or --bench)")
+        p.error("give at least one CKPT and --data FILE")
     from data import DataError
     try:
         analyse(args)

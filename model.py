@@ -14,7 +14,7 @@ and inference integrates dx/dtau = v from tau = 0 to 1 with K Euler steps.
 The backbone file `backbone.py` holds everything transformers; this file is the trainable policy.
 """
 import math
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn

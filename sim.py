@@ -154,7 +154,6 @@ class Expert:
 
     def __init__(self, env):
         self.env, self.phase, self.t = env, 0, 0
-        self.yaw0 = None
 
     def waypoints(self, obs):
         task, env = self.env.task, self.env

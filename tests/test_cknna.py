@@ -218,7 +218,7 @@ def test_plots_write_png(tmp_path):
 
 
 def test_bench_smoke():
-    out = subprocess.run([sys.executable, str(ROOT / "cknna.py"), "--bench", "--bench-sizes", "300"],
+    out = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--cknna", "--cknna-sizes", "300"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]

@@ -1,7 +1,6 @@
 """The policy's parts: RS-CL loss, cutoff, frozen backbone, adapter, DiT init, Euler, checkpoints."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +9,7 @@ from data import DemoDataset, collate
 from loss import cutoff, rscl_lambda, rscl_loss, soft_weights
 from model import Policy, euler, flow_path, make_config
 
-CAMS = ["agentview", "sideview", "robot0_eye_in_hand"]
+CAMS = ["agentview", "frontview", "robot0_eye_in_hand"]
 
 
 # --- RS-CL loss ---

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import h5py
-import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
