@@ -248,13 +248,28 @@ def write_demo(f, k, task, seed, look, frames, cameras):
     f["data"].attrs["total"] = int(f["data"].attrs.get("total", 0)) + T
 
 
+_ENVS = {}   # a collection worker's envs, one per task, made on first use
+
+
+def _episode(job):
+    """In a worker process: one scripted episode with cameras; its frames come back if it succeeded."""
+    task, seed, look, image_size, cameras = job
+    if task not in _ENVS:
+        _ENVS[task] = make_env(task, image_size, cameras)
+    success, steps, frames = rollout(_ENVS[task], seed, look, record=True)
+    return task, seed, look, success, frames if success else None
+
+
 def collect(args, tasks):
+    """Episodes run in `args.workers` processes; this process writes each successful demo as it
+    arrives and flushes, so an interruption leaves a valid file that --extend continues."""
+    import multiprocessing as mp
     import h5py
     from tqdm import tqdm
     check_gl()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
     cameras = args.cameras.split(",")
-    with h5py.File(args.out, "a" if args.extend else "w") as f:
+    with h5py.File(args.out, "a" if args.extend else "w") as f, mp.get_context("spawn").Pool(args.workers) as pool:
         data = f.require_group("data")
         if "env_args" not in data.attrs:
             data.attrs["env_args"] = json.dumps(dict(env_name=",".join(TASKS[t]["env"] for t in tasks), type=1,
@@ -263,28 +278,31 @@ def collect(args, tasks):
                                                                      camera_widths=args.image_size)))
         done = {(str(g.attrs["task"]), int(g.attrs["seed"])) for g in data.values()}
         have = {t: sum(1 for tt, _ in done if tt == t) for t in tasks}
+        tried = {t: 0 for t in tasks}
         bar = tqdm(total=args.episodes * len(tasks), initial=sum(min(have[t], args.episodes) for t in tasks),
                    desc="demos", unit="demo")
         try:
-            for task in tasks:
-                env, i = make_env(task, args.image_size, cameras), 0
-                while have[task] < args.episodes:
-                    seed = episode_seed("collect", task, args.seed + i)
-                    i += 1
-                    if (task, seed) in done:
-                        continue
-                    look = appearance("seen", seed) if not args.no_appearance else None
-                    success, steps, frames = rollout(env, seed, look, record=True)
-                    if success:   # keep successful demos only; each is flushed, so Ctrl-C leaves a valid file
-                        write_demo(f, len(data), task, seed, look or {}, frames, cameras)
+            while any(have[t] < args.episodes for t in tasks):   # rounds: experts rarely fail, so one is typical
+                jobs = []
+                for t in tasks:
+                    while len([j for j in jobs if j[0] == t]) < args.episodes - have[t]:
+                        seed = episode_seed("collect", t, args.seed + tried[t])
+                        tried[t] += 1
+                        if (t, seed) not in done:
+                            look = appearance("seen", seed) if not args.no_appearance else None
+                            jobs.append((t, seed, look, args.image_size, cameras))
+                for t, seed, look, success, frames in pool.imap_unordered(_episode, jobs):
+                    if success:
+                        write_demo(f, len(data), t, seed, look or {}, frames, cameras)
                         f.flush()
-                        have[task] += 1
+                        have[t] += 1
                         bar.update(1)
-                    bar.set_postfix(task=task, tried=i, kept=have[task])
-                    if i > 3 * args.episodes + 10:
-                        sys.exit(f"error: the {task} expert failed too often ({have[task]} of {i}); see --measure-experts")
-                env.close()
+                    bar.set_postfix(kept={t: have[t] for t in tasks})
+                failing = [t for t in tasks if have[t] < args.episodes and tried[t] > 3 * args.episodes + 10]
+                if failing:
+                    sys.exit(f"error: the {failing[0]} expert failed too often; see --measure-experts")
         except KeyboardInterrupt:
+            pool.terminate()
             print(f"\ninterrupted: {args.out} holds {len(data)} complete demos; re-run with --extend to continue")
         bar.close()
         counts = {t: sum(1 for g in data.values() if g.attrs["task"] == t) for t in tasks}
@@ -314,6 +332,7 @@ def main():
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--cameras", default=",".join(CAMERAS))
     ap.add_argument("--seed", type=int, default=0, help="first collection seed")
+    ap.add_argument("--workers", type=int, default=2, help="episode worker processes")
     ap.add_argument("--no-appearance", action="store_true", help="keep robosuite's default look")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument("--extend", action="store_true", help="add demos to an existing --out (skips its seeds)")
