@@ -77,8 +77,7 @@ def run_case(case, device):
     cfg = make_config(backbone=args.backbone, size=args.size, cameras=[f"cam{v}" for v in range(args.views)],
                       image_size=args.image_size)
     policy = Policy(cfg, backbone=backbone, device=device)
-    if args.compile:
-        policy.adapter, policy.dit = torch.compile(policy.adapter), torch.compile(policy.dit)
+    model = torch.compile(policy) if args.compile else policy
     B, cuda = args.batch_size, device.startswith("cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     rng = np.random.default_rng(0)
@@ -103,7 +102,7 @@ def run_case(case, device):
         else:
             feats, mask, views = backbone(images, instructions)
         with autocast:
-            out = policy(feats, mask, views, q, A, rscl="proprio" if case.startswith("rscl") else "none")
+            out = model(feats, mask, views, q, A, rscl="proprio" if case.startswith("rscl") else "none")
             loss = out["loss_fm"] + out.get("loss_rscl", 0.0)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

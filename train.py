@@ -68,7 +68,7 @@ p.add_argument("--ckpt-every", type=int, default=200)
 p.add_argument("--cknna-every", type=int, default=0, help="CKNNA of pooled h vs q on the validation set every K steps")
 p.add_argument("--device", default="auto")
 p.add_argument("--seed", type=int, default=0)
-p.add_argument("--compile", action="store_true", help="torch.compile the adapter and the DiT")
+p.add_argument("--compile", action="store_true", help="torch.compile the training forward (adapter, DiT, losses)")
 args = p.parse_args()
 
 # -----------------------------------------------------------------------------
@@ -138,11 +138,11 @@ def main():
             die("--cache-features needs a frozen backbone: its features must not change during training")
         train_src = build_cache(policy.backbone, train_ds, args.cache_dir, "train", args.batch_size)
         val_src = build_cache(policy.backbone, val_ds, args.cache_dir, "val", args.batch_size)
-    model = policy
-    if args.compile:
-        policy.adapter, policy.dit = torch.compile(policy.adapter), torch.compile(policy.dit)
+    model = policy   # `policy` stays the plain module: checkpoints and evaluation use it
     if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=not args.rscl)
+        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not args.rscl)
+    if args.compile:
+        model = torch.compile(model)
 
     # --- optimizer: only trainable parameters; no decay on biases and norms (1-D tensors) ---
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -246,8 +246,8 @@ def main():
             g["lr"] = lr
         lam = rscl_lambda(it, args.max_iters) if args.rscl else 0.0
         for micro in range(args.grad_accum):
-            if ddp:
-                model.require_backward_grad_sync = micro == args.grad_accum - 1
+            if ddp:   # all-reduce gradients on the last micro-step only
+                getattr(model, "_orig_mod", model).require_backward_grad_sync = micro == args.grad_accum - 1
             out_ = losses(model, on_device(next(batches)))
             loss = out_["loss_fm"] + lam * out_.get("loss_rscl", 0.0)
             (loss / args.grad_accum).backward()
