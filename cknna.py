@@ -208,8 +208,11 @@ def plot_projection(h, colour_by, path, title="PCA of the features"):
                 colour = f"C{q}" if len(cats) <= 10 else _tab20(q)
                 ax.scatter(xy[c == cat, 0], xy[c == cat, 1], s=size, alpha=0.8, color=colour,
                            label=str(cat))
-            ax.legend(title=label, fontsize=8, markerscale=max(1.0, 20 / size) ** 0.5,
-                      ncol=1 + len(cats) // 11, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            if len(cats) <= 20:   # past that a legend is a wall of numbers: say how many instead
+                ax.legend(title=label, fontsize=8, markerscale=max(1.0, 20 / size) ** 0.5,
+                          ncol=1 + len(cats) // 11, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            else:
+                label = f"{label} ({len(cats)}, one colour each)"
         ax.set_title(f"coloured by {label}")
         ax.set_xlabel(f"PC1 ({100 * var[0]:.1f}% var)")
         ax.set_ylabel(f"PC2 ({100 * var[1]:.1f}% var)")
