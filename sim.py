@@ -8,30 +8,41 @@ the demo collector:
 
 Demos are written in robomimic's HDF5 layout (what data.py reads), successful ones only, each with
 its seed and appearance. Collection and evaluation (evaluate.py) make envs and observations here,
-so they cannot drift apart. Appearance: table, floor and wall colours and the light are drawn per
-episode; "seen" colours (collection) and "unseen" colours (an OOD evaluation) come from disjoint
-hue ranges, so a held-out look is truly new.
+so they cannot drift apart. Appearance: table, floor, wall (and, for lift, cube) colours and the
+light are drawn per episode; "seen" looks (collection) and "unseen" looks (an OOD evaluation) take
+their hues from disjoint ranges, so a held-out look is truly new.
+
+Cameras: agentview, frontview (robosuite's stock view from in front of the table: the whole robot,
+objects about 4 px at 128 px; "sideview" does not exist in PickPlaceCan's arena) and the wrist.
+Note: mj_step computes positions before it integrates, so obs t (from the last substep's kinematics)
+and states[t] differ by one 2 ms physics substep: a replayed state reproduces obs t to ~0.5 mm.
 """
 import argparse
 import colorsys
 import json
 import os
+import signal
 import sys
 import types
 
 import numpy as np
 
-from data import proprio_10d
-
-CAMERAS = ("agentview", "frontview", "robot0_eye_in_hand")   # two exterior views + the wrist, as in RoboCasa
+CAMERAS = ("agentview", "frontview", "robot0_eye_in_hand")   # two exterior views + the wrist ("sideview": not in PickPlaceCan)
 ALL_CAMERAS = ("agentview", "frontview", "birdview", "robot0_robotview", "robot0_eye_in_hand")   # in all three tasks
 ACTION_DIM = 7   # dx, dy, dz (x 0.05 m), dax, day, daz (x 0.5 rad), gripper (-1 open, +1 closed)
-TASKS = {
-    "lift": dict(env="Lift", instruction="lift the cube", horizon=150),
-    "can": dict(env="PickPlaceCan", instruction="pick up the can and place it in the bin", horizon=300),
-    "stack": dict(env="Stack", instruction="stack the red cube on the green cube", horizon=250),
-}
 PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+EXTRA_STEPS = 5  # steps recorded after success is first reached, so a demo shows the task done
+HUES = {"seen": (0.0, 0.5), "unseen": (0.5, 1.0)}   # appearance splits: disjoint hue ranges
+SURFACES = {"table": ("table_ceramic", "table_mat", "light-wood", "dark-wood"),   # work surface (bins for can)
+            "floor": ("floorplane",), "walls": ("walls_mat",)}
+GL_HELP = ("install EGL (apt-get install -y libegl1 libopengl0 libgl1-mesa-dri libgl1 libglib2.0-0) or OSMesa "
+           "(apt-get install -y libosmesa6 libgl1 libglib2.0-0) and choose it with MUJOCO_GL=egl|osmesa")
+
+
+def die(msg):
+    """Bad input: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def import_robosuite():
@@ -42,110 +53,168 @@ def import_robosuite():
         macros.IMAGE_CONVENTION, macros.CONSOLE_LOGGING_LEVEL = "opencv", "ERROR"
         sys.modules["robosuite.macros_private"] = macros
     import robosuite
+    import robosuite.macros
+    robosuite.macros.IMAGE_CONVENTION = "opencv"   # also if robosuite was imported before us
     return robosuite
+
+
+def gl_error():
+    """None if an offscreen GL context can be made with MUJOCO_GL (default egl), else one line saying why
+    and what to install."""
+    backend = os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        import mujoco
+        ctx = mujoco.GLContext(32, 32)
+        ctx.make_current()
+        ctx.free()
+        return None
+    except Exception as e:
+        return f"offscreen rendering with MUJOCO_GL={backend} failed ({type(e).__name__}: {str(e)[:80]}); {GL_HELP}"
 
 
 def check_gl():
     """Exit with one clear line if no offscreen GL backend works."""
-    backend = os.environ.setdefault("MUJOCO_GL", "egl")
-    try:
-        import mujoco
-        ctx = mujoco.GLContext(64, 64)
-        ctx.make_current()
-        ctx.free()
-    except Exception as e:
-        sys.exit(f"error: offscreen rendering with MUJOCO_GL={backend} failed ({type(e).__name__}): install "
-                 f"`apt-get install libegl1 libopengl0 libgl1-mesa-dri libgl1 libglib2.0-0` (EGL) or "
-                 f"`apt-get install libosmesa6 libgl1 libglib2.0-0` and set MUJOCO_GL=osmesa")
+    msg = gl_error()
+    if msg:
+        sys.exit(f"error: {msg}")
 
 
 # -----------------------------------------------------------------------------
 # env, seeding, appearance, observation
 
 def make_env(task, image_size=128, cameras=CAMERAS, render=True):
-    """A robosuite env for `task` (a key of TASKS); render=False gives no cameras (fast, for experts)."""
+    """A robosuite env for `task` (a key of TASKS); render=False or cameras=() gives no cameras (fast, for
+    the experts). Made with seed 0, so the model (the Lift cube's size is drawn at load time) is the same
+    in every process; episodes are seeded by reset(). hard_reset=False: a reset keeps the sim and the GL
+    context (60-100 ms instead of 1.4-4.2 s)."""
     suite = import_robosuite()
     from robosuite.controllers import load_composite_controller_config
-    spec = TASKS[task]
-    env = suite.make(spec["env"], robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
+    spec, render = TASKS[task], render and len(cameras) > 0
+    env = suite.make(spec["env_name"], robots="Panda",
+                     controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
                      has_renderer=False, has_offscreen_renderer=render, use_camera_obs=render,
-                     camera_names=list(cameras), camera_heights=image_size, camera_widths=image_size,
+                     camera_names=list(cameras) or "agentview", camera_heights=image_size, camera_widths=image_size,
                      control_freq=20, horizon=spec["horizon"] + 50, ignore_done=True, hard_reset=False,
                      reward_shaping=False, seed=0)
-    env.task, env.cameras, env.image_size = task, list(cameras), image_size
+    env.task, env.cameras, env.image_size = task, list(cameras) if render else [], image_size
+    m = env.sim.model._model
+    env.stock_look = dict(mat_rgba=m.mat_rgba.copy(), mat_texid=m.mat_texid.copy(),
+                          light_diffuse=m.light_diffuse.copy(), light_dir=m.light_dir.copy())
     if render:
         fast_rendering(env)
     return env
 
 
 def fast_rendering(env):
-    """No multisampling, an offscreen buffer the size of the camera, no reflections: ~3x faster on a CPU."""
+    """No multisampling, an offscreen buffer the size of the camera, no reflections: ~3x faster on a CPU.
+    Also: robosuite renders without making the env's GL context current, so with two envs in one process
+    (a worker serving several tasks) one env would draw with the other's context (garbage frames). The
+    context is made current before every render."""
     import mujoco
     ctx = env.sim._render_context_offscreen
-    env.sim.model._model.vis.quality.offsamples = 0
-    ctx.update_offscreen_size(env.image_size, env.image_size)
-    ctx.con.free()   # rebuild the buffers so that offsamples = 0 takes effect
+    ctx.gl_ctx.make_current()
+    m = env.sim.model._model
+    m.vis.quality.offsamples = 0
+    m.vis.global_.offwidth = m.vis.global_.offheight = env.image_size
+    ctx.con.free()   # rebuild the buffers so that both settings take effect
     ctx._set_mujoco_context_and_buffers()
     ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    render = ctx.render
+
+    def render_in_own_context(*args, **kwargs):
+        ctx.gl_ctx.make_current()
+        return render(*args, **kwargs)
+    ctx.render = render_in_own_context
 
 
 def appearance(split, i):
-    """The look of episode i: RGB tints of table, floor and walls, and the light's brightness.
-    'seen' hues lie in [0, 0.5), 'unseen' hues in [0.5, 1): the held-out looks are disjoint."""
-    rng = np.random.default_rng([0 if split == "seen" else 1, i])
-    lo = 0.0 if split == "seen" else 0.5
-    tint = lambda: [round(c, 3) for c in colorsys.hsv_to_rgb(lo + 0.5 * rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.5, 1.0))]
-    return dict(split=split, id=int(i), table=tint(), floor=tint(), walls=tint(), light=round(float(rng.uniform(0.5, 0.9)), 3))
+    """The look of episode i ("seen" or "unseen"): RGB tints of table, floor, walls and (lift) the cube,
+    the light's brightness and a shift of its direction. 'seen' hues lie in [0, 0.5), 'unseen' hues in
+    [0.5, 1): the held-out looks are disjoint. Brightness and light ranges are shared."""
+    lo, hi = HUES[split]
+    rng = np.random.default_rng([list(HUES).index(split), i])
+    tint = lambda s=(0.2, 0.8), v=(0.5, 1.0): [round(c, 3) for c in colorsys.hsv_to_rgb(
+        lo + (hi - lo) * rng.random(), rng.uniform(*s), rng.uniform(*v))]
+    look = dict(split=split, id=int(i), table=tint(), floor=tint(), walls=tint(), light=round(float(rng.uniform(0.5, 0.9)), 3))
+    look.update(object=tint((0.6, 1.0), (0.6, 1.0)), light_dir=[round(float(x), 3) for x in rng.uniform(-0.4, 0.4, 2)])
+    return look
 
 
 def apply_appearance(env, look):
-    m = env.sim.model._model
+    """Edit the compiled model in place (material colours, the light); look=None restores the stock look.
+    Only visual parameters change, so the physics, and the experts, are the same under any look."""
     import mujoco
-    for name, key in (("table_ceramic", "table"), ("table_mat", "table"), ("floorplane", "floor"), ("walls_mat", "walls")):
-        k = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_MATERIAL, name)
-        if k >= 0:
-            m.mat_rgba[k, :3] = look[key]
+    m, stock = env.sim.model._model, env.stock_look
+    m.mat_rgba[:], m.mat_texid[:] = stock["mat_rgba"], stock["mat_texid"]
+    m.light_diffuse[:], m.light_dir[:] = stock["light_diffuse"], stock["light_dir"]
+    if look is None:
+        return
+    material = lambda name: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_MATERIAL, name)
+    for key, names in SURFACES.items():
+        for k in map(material, names):
+            if k >= 0:
+                m.mat_rgba[k, :3] = look[key]   # multiplies the material's texture
+    for k in map(material, TASKS[env.task]["recolour"]):
+        if "object" in look:   # a plain colour: a tint over the red wood texture would only darken it
+            m.mat_rgba[k, :3], m.mat_texid[k] = look["object"], -1
     m.light_diffuse[:] = look["light"]
+    m.light_dir[:, :2] += look.get("light_dir", [0, 0])
+    m.light_dir[:] /= np.linalg.norm(m.light_dir, axis=1, keepdims=True)
 
 
 def reset(env, seed, look=None):
-    """Reset to episode `seed` exactly: the env's and the placement samplers' generators are
-    re-seeded first (robosuite has no reset(seed=)). Returns the raw observation dict."""
-    env.rng = np.random.default_rng(seed)
+    """Reset to episode `seed` with appearance `look` (None: robosuite's stock look), exactly: the env's
+    and the placement samplers' generators are replaced by fresh ones first (robosuite has no
+    reset(seed=)), so the same (seed, look) gives the same observations and states. Returns the raw
+    observation dict."""
+    env.rng = np.random.default_rng(seed)   # robot init noise; PickPlaceCan's samplers are nested
     samplers = [env.placement_initializer]
     while samplers:
         s = samplers.pop()
         s.rng = env.rng
         samplers += list(getattr(s, "samplers", {}).values())
-    if look is not None:
-        apply_appearance(env, look)
-    obs = env.reset()
-    if look is not None:   # the reset may re-write the model; apply again and re-render the first frame
-        apply_appearance(env, look)
-        obs = env._get_observations(force_update=True)
-    return obs
+    apply_appearance(env, look)   # the soft reset keeps the model, so the first frame has the look
+    return env.reset()
 
 
 def observation(obs, cameras=CAMERAS):
-    """robosuite obs -> what the policy reads: images (V, H, W, 3) uint8 top row up, q (10,) float32
-    (eef xyz, 6D rotation = first two columns of R, gripper opening), and the raw proprio keys."""
+    """robosuite obs -> what the policy reads: images (V, H, W, 3) uint8 top row up (None without cameras),
+    q (10,) float32 (eef xyz, 6D rotation = first two columns of R, gripper opening qpos[0] - qpos[1]),
+    and raw, the proprio keys as robosuite gives them (for storage)."""
+    from data import proprio_10d   # here, not at the top: data.py imports torch, and `import sim` stays cheap
     raw = {k: np.asarray(obs[k]) for k in PROPRIO_KEYS}
     q = proprio_10d(raw[PROPRIO_KEYS[0]][None], raw[PROPRIO_KEYS[1]][None], raw[PROPRIO_KEYS[2]][None])[0]
-    images = np.stack([obs[f"{c}_image"] for c in cameras]) if f"{cameras[0]}_image" in obs else None
+    images = np.stack([obs[f"{c}_image"] for c in cameras]) if cameras and f"{cameras[0]}_image" in obs else None
     return dict(images=images, q=q, raw=raw)
 
 
 def episode_seed(split, task, i):
-    """Collection and evaluation seeds are disjoint: collect 0..999,999, eval from 10,000,000."""
+    """Seed of episode i of `task`: collection seeds lie in [0, 10^6), evaluation seeds from 10^7, so the
+    two never meet; tasks take blocks of 10^5."""
+    assert 0 <= i < 100_000, f"episode index {i} out of range"
     return (10_000_000 if split == "eval" else 0) + 100_000 * list(TASKS).index(task) + i
 
 
 # -----------------------------------------------------------------------------
-# scripted experts: waypoints in the OSC pose action space
+# scripted experts: waypoints in the OSC pose action space, from object poses in the observation
 
 def yaw_of(quat_xyzw):
     x, y, z, w = quat_xyzw
     return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+def lift_waypoints(env, obs):
+    """-> (pick xyz, yaw to turn the gripper to or None, place xyz, release at the place?)"""
+    return obs["cube_pos"], yaw_of(obs["cube_quat"]), obs["cube_pos"] + [0, 0, 0.15], False
+
+
+def can_waypoints(env, obs):
+    bin_xy = env.target_bin_placements[env.object_to_id["can"]][:2]   # the can's quarter of the right bin
+    return obs["Can_pos"], None, np.array([*bin_xy, env.bin2_pos[2] + 0.12]), True
+
+
+def stack_waypoints(env, obs):
+    return obs["cubeA_pos"], yaw_of(obs["cubeA_quat"]), obs["cubeB_pos"] + [0, 0, 0.055], True
 
 
 class Expert:
@@ -155,36 +224,19 @@ class Expert:
     def __init__(self, env):
         self.env, self.phase, self.t = env, 0, 0
 
-    def waypoints(self, obs):
-        task, env = self.env.task, self.env
-        if task == "lift":
-            pick, turn = obs["cube_pos"], yaw_of(obs["cube_quat"])
-            place = pick + np.array([0, 0, 0.15])
-            return pick, turn, place, False
-        if task == "can":
-            pick = obs["Can_pos"]
-            bin_xy = env.target_bin_placements[env.object_to_id["can"]][:2]
-            return pick, None, np.array([*bin_xy, env.bin2_pos[2] + 0.12]), True
-        pick, turn = obs["cubeA_pos"], yaw_of(obs["cubeA_quat"])
-        return pick, turn, obs["cubeB_pos"] + np.array([0, 0, 0.055]), True
-
     def act(self, obs):
-        pick, turn, place, release = self.waypoints(obs)
+        pick, turn, place, release = TASKS[self.env.task]["expert"](self.env, obs)
         eef = obs["robot0_eef_pos"]
-        grip_yaw = yaw_of(obs["robot0_eef_quat"])
         a = np.zeros(ACTION_DIM)
         if turn is not None:   # turn the gripper to the cube's yaw, modulo 90 deg
-            err = (turn - grip_yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
+            err = (turn - yaw_of(obs["robot0_eef_quat"]) + np.pi / 4) % (np.pi / 2) - np.pi / 4
             if self.phase < 3:
                 a[5] = np.clip(3 * err, -1, 1)
-        above = pick + np.array([0, 0, 0.10])
         self.t += 1
         if self.phase == 0:                       # above the object, open
-            target, grip = above, -1
-        elif self.phase == 1:                     # down to it
-            target, grip = pick + np.array([0, 0, -0.005]), -1
-        elif self.phase == 2:                     # close
-            target, grip = pick + np.array([0, 0, -0.005]), 1
+            target, grip = pick + np.array([0, 0, 0.10]), -1
+        elif self.phase in (1, 2):                # down to it, then close
+            target, grip = pick + np.array([0, 0, -0.005]), -1 if self.phase == 1 else 1
         elif self.phase == 3:                     # up and over the goal
             target, grip = (place + np.array([0, 0, 0.08])) if release else place, 1
         elif self.phase == 4:                     # down onto the goal
@@ -194,7 +246,7 @@ class Expert:
         err = target - eef
         if self.phase == 3 and release and np.linalg.norm(err[:2]) > 0.03:
             err[2] = max(err[2], place[2] + 0.1 - eef[2])      # stay high while travelling
-        a[:3] = np.clip(err / 0.05 * 1.5, -1, 1)
+        a[:3] = np.clip(err / 0.05 * 1.5, -1, 1)                # P-control: 1.5 x the error, in units of 5 cm
         a[6] = grip
         done_here = np.linalg.norm(err) < (0.01 if self.phase in (1, 4) else 0.02)
         if self.phase == 0 and done_here and (turn is None or abs(a[5]) < 0.1):
@@ -210,42 +262,63 @@ class Expert:
         return a
 
 
+TASKS = {   # recolour: materials an appearance may recolour (only where the instruction names no colour)
+    "lift": dict(env_name="Lift", instruction="lift the cube", horizon=150, expert=lift_waypoints,
+                 recolour=("cube_redwood_mat",)),
+    "can": dict(env_name="PickPlaceCan", instruction="pick up the can and place it in the bin", horizon=300,
+                expert=can_waypoints, recolour=()),
+    "stack": dict(env_name="Stack", instruction="stack the red cube on the green cube", horizon=250,
+                  expert=stack_waypoints, recolour=()),
+}
+
+
 def rollout(env, seed, look=None, record=False):
-    """One scripted episode. Returns (success, steps) or, with record, the arrays of a demo."""
+    """One scripted episode, ended EXTRA_STEPS steps after success or at the horizon. Returns
+    (success, steps) or, with record, (success, steps, frames): per step the observation before the
+    action, the action, the sim state and the reward."""
     obs = reset(env, seed, look)
-    expert, frames, success, extra = Expert(env), [], False, 0
+    expert, frames, success_at = Expert(env), [], None
     for t in range(TASKS[env.task]["horizon"]):
-        a = expert.act(obs)
+        a, state, o = expert.act(obs), env.sim.get_state().flatten(), obs
+        obs, reward, _, _ = env.step(a)
         if record:
-            frames.append((observation(obs, env.cameras), a, env.sim.get_state().flatten()))
-        obs, _, _, _ = env.step(a)
-        if env._check_success():
-            success = True
-            extra += 1
-            if extra > 5:   # a few steps past success, so the demo shows the task done
-                break
-    return (success, t + 1, frames) if record else (success, t + 1)
+            frames.append(dict(obs=observation(o, env.cameras), object=o["object-state"], action=a, state=state,
+                               reward=reward))
+        if success_at is None and env._check_success():
+            success_at = t
+        if success_at is not None and t >= success_at + EXTRA_STEPS:
+            break
+    success = success_at is not None and bool(env._check_success())   # reached, and still holds at the end
+    return (success, t + 1) + ((frames,) if record else ())
 
 
 # -----------------------------------------------------------------------------
 # the demo collector (robomimic's layout; successful demos only; resumable)
 
-def write_demo(f, k, task, seed, look, frames, cameras):
-    """frames: list of (observation dict, action, sim state) -> data/demo_k."""
-    g = f["data"].create_group(f"demo_{k}")
+def write_demo(f, task, seed, look, frames, cameras):
+    """frames (from rollout) -> data/demo_k, k = the number of demos so far. num_samples is written last:
+    a demo without it is incomplete (interrupted mid-write) and is dropped by drop_incomplete."""
+    data = f["data"]
+    g = data.create_group(f"demo_{len(data)}")
     T = len(frames)
-    g.attrs.update(num_samples=T, instruction=TASKS[task]["instruction"], task=task, seed=seed,
-                   appearance=json.dumps(look))
-    g["actions"] = np.stack([a for _, a, _ in frames]).astype(np.float32)
-    g["states"] = np.stack([s for _, _, s in frames])
-    g["rewards"] = np.zeros(T, np.float32)
-    g["rewards"][-1] = 1.0
-    g["dones"] = np.eye(T, dtype=np.int64)[-1]
+    g.attrs.update(instruction=TASKS[task]["instruction"], task=task, seed=seed, appearance=json.dumps(look))
+    g["actions"] = np.stack([fr["action"] for fr in frames]).astype(np.float32)   # (T, 7)
+    g["states"] = np.stack([fr["state"] for fr in frames])                        # (T, S) float64
+    g["rewards"] = np.array([fr["reward"] for fr in frames], np.float32)          # (T,)
+    g["dones"] = np.eye(T, dtype=np.int64)[-1]                                    # (T,) 1 at the last step
     for key in PROPRIO_KEYS:
-        g[f"obs/{key}"] = np.stack([o["raw"][key] for o, _, _ in frames])
+        g[f"obs/{key}"] = np.stack([fr["obs"]["raw"][key] for fr in frames])
+    g["obs/object"] = np.stack([fr["object"] for fr in frames])                   # (T, D) object poses
     for v, cam in enumerate(cameras):
-        g[f"obs/{cam}_image"] = np.stack([o["images"][v] for o, _, _ in frames])
-    f["data"].attrs["total"] = int(f["data"].attrs.get("total", 0)) + T
+        g[f"obs/{cam}_image"] = np.stack([fr["obs"]["images"][v] for fr in frames])   # (T, H, W, 3) uint8
+    g.attrs["num_samples"] = T
+    data.attrs["total"] = sum(int(d.attrs["num_samples"]) for d in data.values())
+    f.flush()
+
+
+def drop_incomplete(f):
+    for name in [n for n, g in f["data"].items() if "num_samples" not in g.attrs]:
+        del f["data"][name]
 
 
 _ENVS = {}   # a collection worker's envs, one per task, made on first use
@@ -260,27 +333,43 @@ def _episode(job):
     return task, seed, look, success, frames if success else None
 
 
-def collect(args, tasks):
-    """Episodes run in `args.workers` processes; this process writes each successful demo as it
-    arrives and flushes, so an interruption leaves a valid file that --extend continues."""
+def _worker_init(threads):
+    """Ctrl-C is the parent's to handle. Mesa's software renderer (llvmpipe) starts a thread per core in
+    every process: two workers on 2 cores were slower than one until each got its share."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("LP_NUM_THREADS", str(threads))
+
+
+def collect(args, tasks, cameras):
+    """Episodes run in `args.workers` processes; this process writes each successful demo in seed order
+    as it arrives and flushes, so an interruption leaves a valid file that --extend continues."""
     import multiprocessing as mp
     import h5py
     from tqdm import tqdm
     check_gl()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
-    cameras = args.cameras.split(",")
-    with h5py.File(args.out, "a" if args.extend else "w") as f, mp.get_context("spawn").Pool(args.workers) as pool:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    env_kwargs = dict(robots="Panda", controller="BASIC", control_freq=20, camera_names=cameras,
+                      camera_heights=args.image_size, camera_widths=args.image_size)
+    try:
+        f = h5py.File(args.out, "a" if args.extend else "w")
+    except OSError as e:
+        die(f"cannot open {args.out} as HDF5 ({str(e).splitlines()[0]})")
+    with f:
         data = f.require_group("data")
-        if "env_args" not in data.attrs:
-            data.attrs["env_args"] = json.dumps(dict(env_name=",".join(TASKS[t]["env"] for t in tasks), type=1,
-                                                     env_kwargs=dict(robots="Panda", controller="BASIC", control_freq=20,
-                                                                     camera_names=cameras, camera_heights=args.image_size,
-                                                                     camera_widths=args.image_size)))
+        old = json.loads(data.attrs.get("env_args", '{"env_name": "", "env_kwargs": {}}'))
+        if old["env_kwargs"] and (old["env_kwargs"]["camera_names"], old["env_kwargs"]["camera_heights"]) != (cameras, args.image_size):
+            die(f"{args.out} holds cameras {old['env_kwargs']['camera_names']} at {old['env_kwargs']['camera_heights']} px; "
+                f"--extend it with the same --cameras and --image-size")
+        env_names = [TASKS[t]["env_name"] for t in TASKS if t in tasks or TASKS[t]["env_name"] in old["env_name"].split(",")]
+        data.attrs["env_args"] = json.dumps(dict(env_name=",".join(env_names), type=1, env_kwargs=env_kwargs))
+        drop_incomplete(f)
         done = {(str(g.attrs["task"]), int(g.attrs["seed"])) for g in data.values()}
         have = {t: sum(1 for tt, _ in done if tt == t) for t in tasks}
         tried = {t: 0 for t in tasks}
         bar = tqdm(total=args.episodes * len(tasks), initial=sum(min(have[t], args.episodes) for t in tasks),
                    desc="demos", unit="demo")
+        workers = min(args.workers, sum(max(0, args.episodes - have[t]) for t in tasks))   # no idle start-ups
+        pool = mp.get_context("spawn").Pool(workers, _worker_init, (max(1, os.cpu_count() // workers),)) if workers > 1 else None
         try:
             while any(have[t] < args.episodes for t in tasks):   # rounds: experts rarely fail, so one is typical
                 jobs = []
@@ -291,21 +380,26 @@ def collect(args, tasks):
                         if (t, seed) not in done:
                             look = appearance("seen", seed) if not args.no_appearance else None
                             jobs.append((t, seed, look, args.image_size, cameras))
-                for t, seed, look, success, frames in pool.imap_unordered(_episode, jobs):
+                for t, seed, look, success, frames in (pool.imap(_episode, jobs) if pool else map(_episode, jobs)):
                     if success:
-                        write_demo(f, len(data), t, seed, look or {}, frames, cameras)
-                        f.flush()
+                        write_demo(f, t, seed, look, frames, cameras)
                         have[t] += 1
                         bar.update(1)
                     bar.set_postfix(kept={t: have[t] for t in tasks})
                 failing = [t for t in tasks if have[t] < args.episodes and tried[t] > 3 * args.episodes + 10]
                 if failing:
-                    sys.exit(f"error: the {failing[0]} expert failed too often; see --measure-experts")
+                    die(f"the {failing[0]} expert failed too often; see --measure-experts")
         except KeyboardInterrupt:
-            pool.terminate()
-            print(f"\ninterrupted: {args.out} holds {len(data)} complete demos; re-run with --extend to continue")
+            drop_incomplete(f)
+            bar.close()
+            print(f"\ninterrupted: {args.out} holds {len(data)} complete demos; re-run with --extend to continue",
+                  file=sys.stderr)
+            sys.exit(130)
+        finally:
+            if pool:
+                pool.terminate()
         bar.close()
-        counts = {t: sum(1 for g in data.values() if g.attrs["task"] == t) for t in tasks}
+        counts = {t: sum(1 for g in data.values() if g.attrs["task"] == t) for t in TASKS}
     print(f"{args.out}: {counts} demos")
 
 
@@ -316,11 +410,11 @@ def measure_experts(args, tasks):
         t0, results = time.time(), []
         for i in range(args.episodes):
             seed = episode_seed("collect", task, args.seed + i)
-            results.append(rollout(env, seed, appearance("seen", seed)))
+            results.append(rollout(env, seed, appearance("seen", seed) if not args.no_appearance else None))
         ok = sum(s for s, _ in results)
         print(json.dumps(dict(task=task, successes=ok, episodes=len(results), success=ok / len(results),
                               mean_steps=float(np.mean([n for _, n in results])),
-                              seconds_per_episode_no_cameras=(time.time() - t0) / len(results))))
+                              seconds_per_episode_no_cameras=round((time.time() - t0) / len(results), 3))))
         env.close()
 
 
@@ -331,9 +425,9 @@ def main():
     ap.add_argument("--out", default="data/demos.hdf5")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--cameras", default=",".join(CAMERAS))
-    ap.add_argument("--seed", type=int, default=0, help="first collection seed")
-    ap.add_argument("--workers", type=int, default=2, help="episode worker processes")
-    ap.add_argument("--no-appearance", action="store_true", help="keep robosuite's default look")
+    ap.add_argument("--seed", type=int, default=0, help="first collection episode index (seeds: episode_seed)")
+    ap.add_argument("--workers", type=int, default=2, help="episode worker processes (1: in this process)")
+    ap.add_argument("--no-appearance", action="store_true", help="keep robosuite's stock look")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument("--extend", action="store_true", help="add demos to an existing --out (skips its seeds)")
     ap.add_argument("--measure-experts", action="store_true", help="success of the scripted experts (no cameras, no file)")
@@ -341,17 +435,22 @@ def main():
     tasks = args.tasks.split(",")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        sys.exit(f"error: unknown task {', '.join(unknown)}: choose from {', '.join(TASKS)}")
+        die(f"unknown task {', '.join(unknown)}: choose from {', '.join(TASKS)}")
     if args.episodes <= 0:
-        sys.exit(f"error: --episodes must be positive (got {args.episodes})")
+        die(f"--episodes must be positive (got {args.episodes})")
+    if not 0 <= args.seed <= 50_000:
+        die(f"--seed must be in [0, 50000] (episode indices; got {args.seed})")
     if args.measure_experts:
         return measure_experts(args, tasks)
+    if args.overwrite and args.extend:
+        die("pass --overwrite or --extend, not both")
     if os.path.exists(args.out) and not (args.overwrite or args.extend):
-        sys.exit(f"error: {args.out} exists: pass --extend to add demos to it, --overwrite to replace it, or another --out")
-    bad = [c for c in args.cameras.split(",") if c not in ALL_CAMERAS]
+        die(f"{args.out} exists: pass --extend to add demos to it, --overwrite to replace it, or another --out")
+    cameras = args.cameras.split(",")
+    bad = [c for c in cameras if c not in ALL_CAMERAS]
     if bad:
-        sys.exit(f"error: unknown camera {bad}: choose from {', '.join(ALL_CAMERAS)}")
-    collect(args, tasks)
+        die(f"unknown camera {', '.join(bad)}: choose from {', '.join(ALL_CAMERAS)}")
+    collect(args, tasks, cameras)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""The simulator: proprio convention, exact seeding, the collector's layout, evaluate.py end to end,
-and bad input. Tests that render skip, with the reason, where no offscreen GL backend works."""
+"""The simulator: proprio convention, exact seeding, appearances, two envs in one process, the
+collector's layout and resumption, evaluate.py end to end, and bad input. Tests that render skip,
+with the reason, where no offscreen GL backend works."""
+import colorsys
 import json
 import os
 import subprocess
@@ -12,82 +14,120 @@ import pytest
 import sim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GL_ERROR = sim.gl_error()   # None, or the one line saying what to install
+needs_gl = pytest.mark.skipif(GL_ERROR is not None, reason=str(GL_ERROR))
 
 
-def gl_works():
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    try:
-        import mujoco
-        ctx = mujoco.GLContext(32, 32)
-        ctx.make_current()
-        ctx.free()
-        return True
-    except Exception:
-        return False
-
-
-needs_gl = pytest.mark.skipif(not gl_works(), reason="no offscreen GL backend (install libegl1 libgl1-mesa-dri or "
-                                                      "libosmesa6 and set MUJOCO_GL): see README troubleshooting")
+def collector(*args, timeout=300):
+    return subprocess.run([sys.executable, "sim.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_observation_gives_the_documented_proprio():
     s = np.sin(np.pi / 4)
     obs = {"robot0_eef_pos": np.array([0.1, -0.2, 0.9]), "robot0_eef_quat": np.array([0.0, 0.0, s, s]),  # 90 deg about z, xyzw
            "robot0_gripper_qpos": np.array([0.03, -0.03]), "agentview_image": np.zeros((8, 8, 3), np.uint8)}
-    q = sim.observation(obs, ["agentview"])["q"]
+    o = sim.observation(obs, ["agentview"])
+    q = o["q"]
     R = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]])             # the known rotation
     assert q.shape == (10,) and q.dtype == np.float32
     assert np.allclose(q[:3], [0.1, -0.2, 0.9])
     assert np.allclose(q[3:6], R[:, 0], atol=1e-6) and np.allclose(q[6:9], R[:, 1], atol=1e-6)   # columns, not rows
     assert np.isclose(q[9], 0.06)
+    assert o["images"].shape == (1, 8, 8, 3) and set(o["raw"]) == set(sim.PROPRIO_KEYS)
 
 
 def test_appearances_are_seeded_and_seen_unseen_disjoint():
-    import colorsys
     assert sim.appearance("seen", 3) == sim.appearance("seen", 3) != sim.appearance("seen", 4)
+    json.dumps(sim.appearance("unseen", 3))   # stored as a JSON attribute
     hue = lambda rgb: colorsys.rgb_to_hsv(*rgb)[0]
-    seen = [hue(sim.appearance("seen", i)["table"]) for i in range(50)]
-    unseen = [hue(sim.appearance("unseen", i)["table"]) for i in range(50)]
-    assert max(seen) <= 0.5 <= min(unseen)
+    for key in ("table", "floor", "walls", "object"):
+        seen = [hue(sim.appearance("seen", i)[key]) for i in range(200)]
+        unseen = [hue(sim.appearance("unseen", i)[key]) for i in range(200)]
+        assert max(seen) <= 0.5 <= min(unseen), key
     assert sim.episode_seed("collect", "lift", 5) != sim.episode_seed("eval", "lift", 5)
     collect = {sim.episode_seed("collect", t, i) for t in sim.TASKS for i in range(1000)}
+    assert len(collect) == 3000
     assert not collect & {sim.episode_seed("eval", t, i) for t in sim.TASKS for i in range(1000)}
 
 
 @needs_gl
-def test_same_seed_same_episode():
+def test_same_seed_same_episode_and_stock_look_restored():
     env = sim.make_env("lift", image_size=32)
-    def run(seed):
-        obs = sim.reset(env, seed, sim.appearance("seen", seed))
+
+    def run(seed, look):
+        obs = sim.reset(env, seed, look)
+        first = sim.observation(obs)["images"]
         expert = sim.Expert(env)
         for _ in range(5):
             obs, *_ = env.step(expert.act(obs))
-        return sim.observation(obs)["images"], env.sim.get_state().flatten()
-    (i1, s1), (i2, s2), (i3, s3) = run(7), run(7), run(8)
-    assert np.array_equal(i1, i2) and np.array_equal(s1, s2)
-    assert not np.array_equal(s1, s3) and not np.array_equal(i1, i3)
+        return first, sim.observation(obs)["images"], env.sim.get_state().flatten()
+
+    a, b = run(7, sim.appearance("seen", 7)), run(7, sim.appearance("seen", 7))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    c = run(8, sim.appearance("seen", 8))
+    assert not np.array_equal(a[2], c[2]) and not np.array_equal(a[1], c[1])
+    d = run(7, sim.appearance("unseen", 7))   # another look: other pixels, the same motion
+    assert not np.array_equal(a[0], d[0]) and np.array_equal(a[2], d[2])
+    stock = run(7, None)
+    run(8, sim.appearance("unseen", 3))
+    assert all(np.array_equal(x, y) for x, y in zip(stock, run(7, None)))   # a look leaves nothing behind
     env.close()
+
+
+@needs_gl
+def test_two_envs_in_one_process_render_their_own_scene():
+    """robosuite does not make an env's GL context current before rendering: without sim's fix the first
+    env renders garbage once a second one exists (as in a worker serving several tasks)."""
+    env = sim.make_env("lift", image_size=32)
+    alone = sim.observation(sim.reset(env, 5, None))["images"]
+    other = sim.make_env("stack", image_size=32)
+    sim.reset(other, 5, None)
+    assert np.array_equal(sim.observation(sim.reset(env, 5, None))["images"], alone)
+    env.close(), other.close()
 
 
 @needs_gl
 def test_collection_writes_the_documented_layout_and_evaluate_runs(tmp_path):
     out = tmp_path / "demos.hdf5"
-    r = subprocess.run([sys.executable, "sim.py", "--tasks", "lift", "--episodes", "2", "--out", str(out),
-                        "--image-size", "32"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = collector("--tasks", "lift", "--episodes", "2", "--out", str(out), "--image-size", "64")
     assert r.returncode == 0, r.stderr
     with h5py.File(out) as f:
-        assert sorted(f["data"]) == ["demo_0", "demo_1"] and json.loads(f["data"].attrs["env_args"])["type"] == 1
-        g = f["data/demo_0"]
-        T = g.attrs["num_samples"]
-        assert g.attrs["instruction"] == sim.TASKS["lift"]["instruction"] and g.attrs["task"] == "lift"
-        assert json.loads(g.attrs["appearance"])["split"] == "seen"
-        assert {int(f[f"data/{d}"].attrs["seed"]) for d in f["data"]} == {sim.episode_seed("collect", "lift", i) for i in (0, 1)}
-        assert g["actions"].shape == (T, 7) and g["actions"].dtype == np.float32 and np.abs(g["actions"][:]).max() <= 1
-        assert g["rewards"].shape == (T,) and g["dones"][-1] == 1 and g["states"].shape[0] == T
-        for cam in sim.CAMERAS:
-            assert g[f"obs/{cam}_image"].shape == (T, 32, 32, 3) and g[f"obs/{cam}_image"].dtype == np.uint8
-        assert g["obs/robot0_eef_pos"].shape == (T, 3) and g["obs/robot0_eef_quat"].shape == (T, 4)
+        assert sorted(f["data"]) == ["demo_0", "demo_1"]
+        env_args = json.loads(f["data"].attrs["env_args"])
+        assert env_args["type"] == 1 and env_args["env_name"] == "Lift"
+        assert env_args["env_kwargs"]["camera_names"] == list(sim.CAMERAS) and env_args["env_kwargs"]["camera_heights"] == 64
+        for k in (0, 1):
+            g = f[f"data/demo_{k}"]
+            T = g.attrs["num_samples"]
+            assert g.attrs["instruction"] == sim.TASKS["lift"]["instruction"] and g.attrs["task"] == "lift"
+            assert g.attrs["seed"] == sim.episode_seed("collect", "lift", k)
+            assert json.loads(g.attrs["appearance"]) == sim.appearance("seen", int(g.attrs["seed"]))
+            assert g["actions"].shape == (T, 7) and g["actions"].dtype == np.float32 and np.abs(g["actions"][:]).max() <= 1
+            assert g["rewards"].shape == (T,) and g["rewards"].dtype == np.float32 and g["rewards"][-1] == 1
+            assert g["dones"].dtype == np.int64 and g["dones"][-1] == 1 and g["dones"][:].sum() == 1
+            assert g["states"].shape[0] == T and g["states"].dtype == np.float64
+            for cam in sim.CAMERAS:
+                assert g[f"obs/{cam}_image"].shape == (T, 64, 64, 3) and g[f"obs/{cam}_image"].dtype == np.uint8
+            assert g["obs/robot0_eef_pos"].shape == (T, 3) and g["obs/robot0_eef_quat"].shape == (T, 4)
+            assert g["obs/robot0_gripper_qpos"].shape == (T, 2)
         assert f["data"].attrs["total"] == sum(f[f"data/{d}"].attrs["num_samples"] for d in f["data"])
+        # states[t] is the sim state when obs t was acted on: states[0] is the state right after the seeded reset
+        # (later observations come from the kinematics before the last 2 ms substep: compare at t = 0 only)
+        env = sim.make_env("lift", image_size=64)
+        g = f["data/demo_1"]
+        sim.reset(env, int(g.attrs["seed"]), json.loads(g.attrs["appearance"]))
+        assert np.array_equal(env.sim.get_state().flatten(), g["states"][0])
+        eef = lambda state: (env.sim.set_state_from_flattened(state), env.sim.forward(),
+                             env.sim.data.site_xpos[env.robots[0].eef_site_id["right"]].copy())[-1]
+        assert np.allclose(eef(g["states"][3]), g["obs/robot0_eef_pos"][3], atol=1e-3)       # aligned with obs t ...
+        assert not np.allclose(eef(g["states"][4]), g["obs/robot0_eef_pos"][3], atol=1e-3)   # ... not with obs t - 1
+        env.close()
+    # --extend continues: skips the seeds already there, keeps numbering contiguous
+    r = collector("--tasks", "lift", "--episodes", "3", "--out", str(out), "--image-size", "64", "--extend")
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out) as f:
+        assert sorted(f["data"]) == ["demo_0", "demo_1", "demo_2"]
+        assert [f[f"data/demo_{k}"].attrs["seed"] for k in range(3)] == [sim.episode_seed("collect", "lift", k) for k in range(3)]
     # a tiny checkpoint trained on it, evaluated for one short episode in closed loop
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, "train.py", "--data", str(out), "--max-iters", "2", "--batch-size", "4",
@@ -119,14 +159,16 @@ def test_evaluate_refuses_a_checkpoint_the_simulator_cannot_feed(tmp_path):
 
 
 def test_collector_bad_input(tmp_path):
-    def run(*a):
-        return subprocess.run([sys.executable, "sim.py", *a], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    for args, words in ((["--tasks", "lift,pour"], ["pour", "lift, can, stack"]), (["--episodes", "0"], ["--episodes"]),
-                        (["--cameras", "agentview,sideview"], ["sideview"])):
-        r = run(*args, "--out", str(tmp_path / "x.hdf5"))
-        assert r.returncode != 0 and "Traceback" not in r.stderr and all(w in r.stderr for w in words), r.stderr
     existing = tmp_path / "old.hdf5"
     existing.write_bytes(b"precious")
-    r = run("--out", str(existing))
-    assert r.returncode != 0 and "--extend" in r.stderr and "Traceback" not in r.stderr
-    assert existing.read_bytes() == b"precious"
+    cases = ((["--tasks", "lift,pour"], ["pour", "lift, can, stack"]),
+             (["--episodes", "0"], ["--episodes"]),
+             (["--cameras", "agentview,sideview"], ["sideview", "frontview"]),
+             (["--out", str(existing)], [str(existing), "--extend", "--overwrite"]),
+             (["--out", str(existing), "--extend", "--overwrite"], ["not both"]))
+    for args, words in cases:
+        r = collector(*args, *([] if "--out" in args else ["--out", str(tmp_path / "x.hdf5")]), timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert all(w in lines[0] for w in words), (args, lines)
+    assert existing.read_bytes() == b"precious" and not (tmp_path / "x.hdf5").exists()
