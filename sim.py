@@ -27,6 +27,8 @@ import types
 
 import numpy as np
 
+from experts import Expert, can_waypoints, lift_waypoints, stack_waypoints
+
 CAMERAS = ("agentview", "frontview", "robot0_eye_in_hand")   # two exterior views + the wrist ("sideview": not in PickPlaceCan)
 ALL_CAMERAS = ("agentview", "frontview", "birdview", "robot0_robotview", "robot0_eye_in_hand")   # in all three tasks
 ACTION_DIM = 7   # dx, dy, dz (x 0.05 m), dax, day, daz (x 0.5 rad), gripper (-1 open, +1 closed)
@@ -195,73 +197,6 @@ def episode_seed(split, task, i):
     return (10_000_000 if split == "eval" else 0) + 100_000 * list(TASKS).index(task) + i
 
 
-# -----------------------------------------------------------------------------
-# scripted experts: waypoints in the OSC pose action space, from object poses in the observation
-
-def yaw_of(quat_xyzw):
-    x, y, z, w = quat_xyzw
-    return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-
-
-def lift_waypoints(env, obs):
-    """-> (pick xyz, yaw to turn the gripper to or None, place xyz, release at the place?)"""
-    return obs["cube_pos"], yaw_of(obs["cube_quat"]), obs["cube_pos"] + [0, 0, 0.15], False
-
-
-def can_waypoints(env, obs):
-    bin_xy = env.target_bin_placements[env.object_to_id["can"]][:2]   # the can's quarter of the right bin
-    return obs["Can_pos"], None, np.array([*bin_xy, env.bin2_pos[2] + 0.12]), True
-
-
-def stack_waypoints(env, obs):
-    return obs["cubeA_pos"], yaw_of(obs["cubeA_quat"]), obs["cubeB_pos"] + [0, 0, 0.055], True
-
-
-class Expert:
-    """Grasp an object from above, carry it, put it down. Phases advance when the gripper reaches
-    each waypoint; the yaw of the gripper is turned to the object's (modulo 90 deg for a cube)."""
-
-    def __init__(self, env):
-        self.env, self.phase, self.t = env, 0, 0
-
-    def act(self, obs):
-        pick, turn, place, release = TASKS[self.env.task]["expert"](self.env, obs)
-        eef = obs["robot0_eef_pos"]
-        a = np.zeros(ACTION_DIM)
-        if turn is not None:   # turn the gripper to the cube's yaw, modulo 90 deg
-            err = (turn - yaw_of(obs["robot0_eef_quat"]) + np.pi / 4) % (np.pi / 2) - np.pi / 4
-            if self.phase < 3:
-                a[5] = np.clip(3 * err, -1, 1)
-        self.t += 1
-        if self.phase == 0:                       # above the object, open
-            target, grip = pick + np.array([0, 0, 0.10]), -1
-        elif self.phase in (1, 2):                # down to it, then close
-            target, grip = pick + np.array([0, 0, -0.005]), -1 if self.phase == 1 else 1
-        elif self.phase == 3:                     # up and over the goal
-            target, grip = (place + np.array([0, 0, 0.08])) if release else place, 1
-        elif self.phase == 4:                     # down onto the goal
-            target, grip = place, 1
-        else:                                     # let go and back off
-            target, grip = place + np.array([0, 0, 0.1]), -1
-        err = target - eef
-        if self.phase == 3 and release and np.linalg.norm(err[:2]) > 0.03:
-            err[2] = max(err[2], place[2] + 0.1 - eef[2])      # stay high while travelling
-        a[:3] = np.clip(err / 0.05 * 1.5, -1, 1)                # P-control: 1.5 x the error, in units of 5 cm
-        a[6] = grip
-        done_here = np.linalg.norm(err) < (0.01 if self.phase in (1, 4) else 0.02)
-        if self.phase == 0 and done_here and (turn is None or abs(a[5]) < 0.1):
-            self.phase, self.t = 1, 0
-        elif self.phase == 1 and (done_here or self.t > 40):
-            self.phase, self.t = 2, 0
-        elif self.phase == 2 and self.t > 12:
-            self.phase, self.t = 3, 0
-        elif self.phase == 3 and done_here and release:
-            self.phase, self.t = 4, 0
-        elif self.phase == 4 and (done_here or self.t > 30):
-            self.phase, self.t = 5, 0
-        return a
-
-
 TASKS = {   # recolour: materials an appearance may recolour (only where the instruction names no colour)
     "lift": dict(env_name="Lift", instruction="lift the cube", horizon=150, expert=lift_waypoints,
                  recolour=("cube_redwood_mat",)),
@@ -277,7 +212,7 @@ def rollout(env, seed, look=None, record=False):
     (success, steps) or, with record, (success, steps, frames): per step the observation before the
     action, the action, the sim state and the reward."""
     obs = reset(env, seed, look)
-    expert, frames, success_at = Expert(env), [], None
+    expert, frames, success_at = Expert(env, TASKS[env.task]["expert"]), [], None
     for t in range(TASKS[env.task]["horizon"]):
         a, state, o = expert.act(obs), env.sim.get_state().flatten(), obs
         obs, reward, _, _ = env.step(a)
@@ -357,10 +292,11 @@ def collect(args, tasks, cameras):
     with f:
         data = f.require_group("data")
         old = json.loads(data.attrs.get("env_args", '{"env_name": "", "env_kwargs": {}}'))
-        if old["env_kwargs"] and (old["env_kwargs"]["camera_names"], old["env_kwargs"]["camera_heights"]) != (cameras, args.image_size):
-            die(f"{args.out} holds cameras {old['env_kwargs']['camera_names']} at {old['env_kwargs']['camera_heights']} px; "
-                f"--extend it with the same --cameras and --image-size")
-        env_names = [TASKS[t]["env_name"] for t in TASKS if t in tasks or TASKS[t]["env_name"] in old["env_name"].split(",")]
+        views = (old["env_kwargs"].get("camera_names", cameras), old["env_kwargs"].get("camera_heights", args.image_size))
+        if views != (cameras, args.image_size):
+            die(f"{args.out} holds cameras {views[0]} at {views[1]} px; --extend it with the same --cameras and --image-size")
+        old_envs = old["env_name"].split(",")
+        env_names = [TASKS[t]["env_name"] for t in TASKS if t in tasks or TASKS[t]["env_name"] in old_envs]
         data.attrs["env_args"] = json.dumps(dict(env_name=",".join(env_names), type=1, env_kwargs=env_kwargs))
         drop_incomplete(f)
         done = {(str(g.attrs["task"]), int(g.attrs["seed"])) for g in data.values()}
@@ -369,7 +305,8 @@ def collect(args, tasks, cameras):
         bar = tqdm(total=args.episodes * len(tasks), initial=sum(min(have[t], args.episodes) for t in tasks),
                    desc="demos", unit="demo")
         workers = min(args.workers, sum(max(0, args.episodes - have[t]) for t in tasks))   # no idle start-ups
-        pool = mp.get_context("spawn").Pool(workers, _worker_init, (max(1, os.cpu_count() // workers),)) if workers > 1 else None
+        threads = max(1, os.cpu_count() // workers)
+        pool = mp.get_context("spawn").Pool(workers, _worker_init, (threads,)) if workers > 1 else None
         try:
             while any(have[t] < args.episodes for t in tasks):   # rounds: experts rarely fail, so one is typical
                 jobs = []

@@ -57,7 +57,7 @@ def test_same_seed_same_episode_and_stock_look_restored():
     def run(seed, look):
         obs = sim.reset(env, seed, look)
         first = sim.observation(obs)["images"]
-        expert = sim.Expert(env)
+        expert = sim.Expert(env, sim.TASKS["lift"]["expert"])
         for _ in range(5):
             obs, *_ = env.step(expert.act(obs))
         return first, sim.observation(obs)["images"], env.sim.get_state().flatten()
