@@ -96,6 +96,10 @@ def resolve(name, path):
 
 
 def load_or_explain(load, name, where):
+    import huggingface_hub
+    from transformers.utils import logging
+    logging.set_verbosity_error()                       # our one line replaces their retry warnings
+    huggingface_hub.utils.logging.set_verbosity_error()
     try:
         return load()
     except (OSError, ValueError) as e:

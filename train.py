@@ -2,8 +2,8 @@
 Train the RS-CL policy: flow matching on action chunks, plus lambda * RS-CL with --rscl.
 
     python train.py --rscl                                   # tiny backbone, CPU, data/demos.hdf5
-    python train.py --backbone qwen2.5-vl-3b --size paper --rscl --batch-size 32   # one GPU
-    torchrun --nproc_per_node 8 train.py --backbone qwen2.5-vl-3b --size paper --rscl  # several GPUs
+    python train.py --backbone qwen2.5-vl-3b --rscl          # one GPU, the paper's sizes
+    torchrun --nproc_per_node 8 train.py --backbone qwen2.5-vl-3b --rscl   # several GPUs
 
 A plain nanoGPT-shaped loop: bf16 autocast on CUDA, AdamW (GR00T's hyper-parameters, no decay on
 biases and norms), warm-up then cosine lr, gradient clipping and accumulation, periodic validation,
@@ -34,7 +34,8 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument("--backbone", default="tiny", help=f"one of {', '.join(BACKBONES)}")
 p.add_argument("--backbone-path", default="", help="local folder with the backbone's weights (default: hub id)")
 p.add_argument("--layer", type=int, default=-1, help="LLM layer whose output is the feature (-1: the backbone's default)")
-p.add_argument("--size", default="tiny", help=f"adapter + DiT size, one of {', '.join(SIZES)}")
+p.add_argument("--size", default="", help=f"adapter + DiT size, one of {', '.join(SIZES)} (default: tiny for the "
+                                          f"tiny backbone, paper for a real one)")
 p.add_argument("--rscl", action="store_true", help="add the RS-CL loss")
 p.add_argument("--rscl-target", default="proprio", choices=["proprio", "infonce", "action"],
                help="soft targets: proprio distances (RS-CL), identity (plain InfoNCE), next-action distances")
@@ -70,6 +71,7 @@ p.add_argument("--device", default="auto")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--compile", action="store_true", help="torch.compile the training forward (adapter, DiT, losses)")
 args = p.parse_args()
+args.size = args.size or ("tiny" if args.backbone == "tiny" else "paper")
 
 # -----------------------------------------------------------------------------
 # bad input: one clear line, a non-zero exit, nothing overwritten
