@@ -280,7 +280,8 @@ class Policy(nn.Module):
         h, w = self.adapter(feats, mask)                                 # (B, N, D), (B, D)
         # --- flow matching (tau = 0 noise, tau = 1 data) ---
         B = A.shape[0]
-        u = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(A.device)
+        one = torch.ones((), device=A.device)                            # sampled on the device: no host sync
+        u = torch.distributions.Beta(1.5 * one, one).sample((B,))
         tau_fm = (0.999 - u) / 0.999                                     # (B,), skewed towards noise
         x, v_target = flow_path(A, torch.randn_like(A), tau_fm[:, None, None])
         v = self.dit(x, (tau_fm * 1000).long(), h, mask, q)              # (B, H, a)
