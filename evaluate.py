@@ -133,7 +133,8 @@ def main():
         if not jobs:
             return
         task, i = jobs.pop(0)
-        pipes[w].send(("reset", task, sim.episode_seed("eval", task, i), sim.appearance(args.appearance, i)))
+        seed = sim.episode_seed("eval", task, i)   # new looks: the seen or unseen distribution, never a training look
+        pipes[w].send(("reset", task, seed, sim.appearance(args.appearance, seed)))
         obs, _, frames, _ = pipes[w].recv()
         state[w] = dict(job=(task, i), obs=obs, steps=0, frames=frames if i < args.videos else None)
 
