@@ -11,7 +11,7 @@ export MUJOCO_GL="${MUJOCO_GL:-egl}" PYTHONUNBUFFERED=1
 TASKS="${TASKS:-lift,can,stack}"
 EVAL_TASKS="${EVAL_TASKS:-lift}"
 EPISODES="${EPISODES:-20}"          # demos per task
-ITERS="${ITERS:-800}"              # training steps per run
+ITERS="${ITERS:-1500}"             # training steps per run
 EVAL_EPISODES="${EVAL_EPISODES:-20}"
 DATA=data/demos.hdf5
 start=$(date +%s)
@@ -22,7 +22,7 @@ python sim.py --tasks "$TASKS" --episodes "$EPISODES" --out "$DATA" $extend
 
 for run in rscl baseline; do
   echo "== 2/4 training $run ($ITERS steps, tiny backbone, cached features)"
-  flags=(--data "$DATA" --out "runs/main-$run" --max-iters "$ITERS" --cache-features --cknna-every 400)
+  flags=(--data "$DATA" --out "runs/main-$run" --max-iters "$ITERS" --cache-features --cknna-every 500)
   [ "$run" = rscl ] && flags+=(--rscl)
   [ -f "runs/main-$run/ckpt.pt" ] && flags+=(--resume)
   python train.py "${flags[@]}"
