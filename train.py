@@ -215,11 +215,15 @@ def main():
         h, q = h / h.norm(dim=1, keepdim=True), q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return cknna(h, q, topk=10) if len(h) >= 11 else float("nan")
 
+    def policy_stats():
+        """The min-max statistics the policy uses (its buffers: on resume, the checkpoint's, not the file's)."""
+        return {k: getattr(policy, k).tolist() for k in ("q_min", "q_max", "a_min", "a_max")}
+
     def save(it):
         if not master:
             return
         state = dict(model=policy.trainable_state_dict(), optimizer=opt.state_dict(), config=vars(args),
-                     model_config=asdict(cfg), stats=train_ds.stats(), step=it,
+                     model_config=asdict(cfg), stats=policy_stats(), step=it,
                      rng=dict(torch=torch.get_rng_state(),
                               **({"cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {})))
         torch.save(state, ckpt_path + ".tmp")
@@ -229,7 +233,7 @@ def main():
         os.makedirs(out, exist_ok=True)
         if not args.resume:
             with open(os.path.join(out, "config.json"), "w") as f:
-                json.dump(dict(args=vars(args), model=asdict(cfg), stats=train_ds.stats()), f, indent=1)
+                json.dump(dict(args=vars(args), model=asdict(cfg), stats=policy_stats()), f, indent=1)
         n_train = sum(p.numel() for p in params)
         print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} "
               f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, frozen), {n_train / 1e6:.2f}M trainable, "
