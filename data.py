@@ -81,20 +81,40 @@ def instruction_of(f, demo):
     return ""
 
 
+def task_of(f, demo):
+    """The task a demo belongs to: its `task` attribute (sim.py writes it), else its instruction."""
+    g = f["data"][demo]
+    return str(g.attrs["task"]) if "task" in g.attrs else instruction_of(f, demo)
+
+
+def split_demos(f, split, val_frac=0.1, max_demos=0):
+    """Demo names of a split, chosen per task so that every task is in both splits: of each task's demos
+    (in file order) the last round(val_frac * n) (at least 1 when n > 1) are validation, the first
+    `max_demos` of the rest (0 = all) are training. 'all' is every demo."""
+    by_task = {}
+    for name in demo_names(f):
+        by_task.setdefault(task_of(f, name), []).append(name)
+    out = []
+    for names in by_task.values():
+        n_val = max(1, int(round(len(names) * val_frac))) if len(names) > 1 and val_frac > 0 else 0
+        train = names[:len(names) - n_val][:max_demos or None]
+        out += {"train": train, "val": names[len(names) - n_val:], "all": names}[split]
+    return sorted(out, key=lambda k: int(k.split("_")[-1]))
+
+
 class DemoDataset:
     """Samples (images (V, H, W, 3) uint8, instruction, q (10,), A (H, a)) from a robomimic HDF5.
 
     cameras: obs keys are f"{cam}_image"; proprio_keys: (eef_pos, eef_quat xyzw, gripper_qpos) obs keys.
-    split: 'train' | 'val' | 'all' (the last `val_frac` of the demos is the validation set).
+    split: 'train' | 'val' | 'all' (per task, the last `val_frac` of its demos are validation; see split_demos);
+    max_demos: training demos per task (0 = all).
     q and A are raw here; the policy min-max normalises them with `stats()` (computed on train)."""
 
     def __init__(self, path, cameras, horizon=16, split="train", val_frac=0.1,
-                 proprio_keys=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")):
+                 proprio_keys=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"), max_demos=0):
         self.path, self.cameras, self.H = path, list(cameras), horizon
         f = open_demos(path)
-        names = demo_names(f)
-        n_val = max(1, int(round(len(names) * val_frac))) if len(names) > 1 and val_frac > 0 else 0
-        names = {"train": names[:len(names) - n_val], "val": names[len(names) - n_val:], "all": names}[split]
+        names = split_demos(f, split, val_frac, max_demos)
         first = f["data"][names[0]] if names else f["data"][demo_names(f)[0]]
         obs_keys = sorted(first["obs"].keys()) if "obs" in first else []
         for cam in self.cameras:
@@ -108,6 +128,7 @@ class DemoDataset:
             raise DataError(f"{path} lacks {missing} (obs keys: {obs_keys}): name the proprio keys of "
                             f"your file with --proprio-keys")
         self.demos, self.q, self.actions, self.instructions, self.index = names, [], [], [], []
+        self.tasks = [task_of(f, name) for name in names]   # per demo
         for d, name in enumerate(names):
             g = f["data"][name]
             self.q.append(proprio_10d(*(g["obs"][k][:] for k in proprio_keys)))       # (T, 10)
@@ -121,6 +142,11 @@ class DemoDataset:
 
     def __len__(self):
         return len(self.index)
+
+    def task_groups(self):
+        """Sample indices of each task: {task: int array}, for task-balanced batches."""
+        sample_task = np.array([self.tasks[d] for d, _ in self.index])
+        return {t: np.flatnonzero(sample_task == t) for t in dict.fromkeys(self.tasks)}
 
     def stats(self):
         """Min-max statistics of q and actions over this split (plain lists, for the checkpoint)."""
@@ -156,17 +182,25 @@ def collate(samples):
 class Batches(torch.utils.data.Dataset):
     """Batch k of a run: B samples drawn at random from `source`, by a generator seeded with
     (seed, k). Any process can make batch k, so loader workers prefetch freely and a resumed
-    run draws exactly the batches the uninterrupted one would have."""
+    run draws exactly the batches the uninterrupted one would have.
+    groups (DemoDataset.task_groups()): each sample's task is drawn uniformly first, then a timestep of
+    that task, so a task with short demos is not starved; None draws timesteps uniformly."""
 
-    def __init__(self, source, B, seed, n_batches, augment_images=False):
+    def __init__(self, source, B, seed, n_batches, augment_images=False, groups=None):
         self.source, self.B, self.seed, self.n, self.augment = source, B, seed, n_batches, augment_images
+        self.groups = [torch.as_tensor(g) for g in groups.values() if len(g)] if groups else None
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, k):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
-        idx = torch.randint(len(self.source), (self.B,), generator=g).tolist()
+        if self.groups:
+            task = torch.randint(len(self.groups), (self.B,), generator=g).tolist()
+            pick = torch.rand(self.B, generator=g).tolist()
+            idx = [int(self.groups[t][int(r * len(self.groups[t]))]) for t, r in zip(task, pick)]
+        else:
+            idx = torch.randint(len(self.source), (self.B,), generator=g).tolist()
         batch = collate([self.source[i] for i in idx])
         if self.augment:
             batch["images"] = augment(batch["images"], g)
@@ -191,9 +225,10 @@ def augment(images, generator=None):
 # a small synthetic file in the same layout, for tests and quick runs
 
 def write_synthetic(path, n_demos=8, T=40, image_size=64, cameras=("agentview", "frontview", "robot0_eye_in_hand"),
-                    seed=0):
+                    seed=0, tasks=("synthetic",)):
     """Demos of a point 'gripper' moving to a target, drawn as coloured squares in every view.
-    Actions are the (clipped) direction to the target, so the chunk is predictable from q and images."""
+    Actions are the (clipped) direction to the target, so the chunk is predictable from q and images.
+    With several `tasks` the demos are written task by task, as sim.py's collector does."""
     import h5py
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -221,7 +256,7 @@ def write_synthetic(path, n_demos=8, T=40, image_size=64, cameras=("agentview", 
                     imgs[cam].append(im)
                 pos = pos + 0.05 * a[:3]
             g = data.create_group(f"demo_{i}")
-            g.attrs.update(num_samples=T, instruction="move to the green square", task="synthetic", seed=i,
+            g.attrs.update(num_samples=T, instruction="move to the green square", task=tasks[i * len(tasks) // n_demos], seed=i,
                            appearance=json.dumps({"background": background.tolist()}))
             g["actions"] = np.asarray(A, np.float32)
             g["rewards"] = np.zeros(T, np.float32)

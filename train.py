@@ -34,6 +34,8 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument("--backbone", default="tiny", help=f"one of {', '.join(BACKBONES)}")
 p.add_argument("--backbone-path", default="", help="local folder with the backbone's weights (default: hub id)")
 p.add_argument("--layer", type=int, default=-1, help="LLM layer whose output is the feature (-1: the backbone's default)")
+p.add_argument("--token-pool", type=int, default=1, help="dinov2-s: average-pool p x p patch tokens per view")
+p.add_argument("--adapter-dropout", type=float, default=0.2, help="dropout in the adapter (attention and MLP)")
 p.add_argument("--size", default="", help=f"adapter + DiT size, one of {', '.join(SIZES)} (default: tiny for the "
                                           f"tiny backbone, paper for a real one)")
 p.add_argument("--rscl", action="store_true", help="add the RS-CL loss")
@@ -47,6 +49,9 @@ p.add_argument("--cameras", default="agentview,frontview,robot0_eye_in_hand")
 p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
                help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
 p.add_argument("--horizon", type=int, default=16, help="H, actions per chunk")
+p.add_argument("--demos-per-task", type=int, default=0, help="training demos per task (0: all but the validation ones)")
+p.add_argument("--sampling", default="balanced", choices=["balanced", "uniform"],
+               help="batches: each task equally often (balanced) or each timestep equally often (uniform)")
 p.add_argument("--augment", action="store_true", help="random crop + colour jitter on training images")
 p.add_argument("--cache-features", action="store_true", help="run the frozen backbone once, train from its cached features")
 p.add_argument("--cache-dir", default="data/cache")
@@ -108,7 +113,7 @@ def main():
     # --- data ---
     cameras, keys = args.cameras.split(","), tuple(args.proprio_keys.split(","))
     try:
-        train_ds = DemoDataset(args.data, cameras, args.horizon, "train", proprio_keys=keys)
+        train_ds = DemoDataset(args.data, cameras, args.horizon, "train", proprio_keys=keys, max_demos=args.demos_per_task)
         val_ds = DemoDataset(args.data, cameras, args.horizon, "val", proprio_keys=keys)
     except DataError as e:
         die(str(e))
@@ -116,6 +121,7 @@ def main():
     # --- model ---
     torch.manual_seed(args.seed + rank)
     cfg = make_config(backbone=args.backbone, backbone_path=args.backbone_path, layer=args.layer, size=args.size,
+                      token_pool=args.token_pool, adapter_dropout=args.adapter_dropout,
                       cameras=cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
                       horizon=args.horizon)
     try:
@@ -177,7 +183,9 @@ def main():
         return feats, mask, views, q, A
 
     def loader(source, seed, first, n, augment_images=False, workers=0):
-        batches = Batches(source, args.batch_size, seed, n, augment_images)
+        ds = source.ds if hasattr(source, "ds") else source          # a FeatureCache keeps the DemoDataset's order
+        groups = ds.task_groups() if args.sampling == "balanced" else None
+        batches = Batches(source, args.batch_size, seed, n, augment_images, groups)
         return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first, n), num_workers=workers,
                                            pin_memory=device.startswith("cuda"),
                                            generator=torch.Generator().manual_seed(seed))  # not the global RNG

