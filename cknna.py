@@ -266,7 +266,7 @@ def analyse(args):
     for path in args.ckpt:
         policy = Policy.from_checkpoint(path, device=device)
         cfg = policy.cfg
-        ds = DemoDataset(args.data, cfg.cameras, cfg.horizon, split="all", proprio_keys=tuple(args.proprio_keys.split(",")))
+        ds = DemoDataset(args.data, cfg.cameras, cfg.horizon, split=args.split, proprio_keys=tuple(args.proprio_keys.split(",")))
         n = min(args.n, len(ds))
         if n < max(args.topk + 1, 4):
             raise ValueError(f"{args.data} has {len(ds)} samples: CKNNA with k = {args.topk} needs at least {args.topk + 1}")
@@ -305,6 +305,8 @@ def main(argv=None):
     p.add_argument("ckpt", nargs="*", help="checkpoints to analyse")
     p.add_argument("--data", help="HDF5 demo file to draw samples from")
     p.add_argument("--n", type=int, default=4415, help="number of samples")
+    p.add_argument("--split", default="val", choices=["val", "train", "all"],
+                   help="which demos: val = the held-out demos of every task (train.py's split)")
     p.add_argument("--topk", type=int, default=10, help="k nearest neighbours")
     p.add_argument("--out", default="out/cknna", help="output folder for figures and scores")
     p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",

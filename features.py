@@ -70,7 +70,8 @@ def build_cache(backbone, ds, root, split, batch_size=32):
     os.makedirs(tmp)
     # the longest prompt fixes N: every view has the same number of tokens, only the text varies
     dummy = np.zeros((1, len(ds.cameras), *ds.image_shape), np.uint8)
-    longest = max(set(ds.instructions), key=lambda s: len(backbone.prepare(dummy, [s])["input_ids"][0]))
+    longest = ds.instructions[0] if backbone.family != "qwen2.5-vl" else max(   # vision-only: no text tokens
+        set(ds.instructions), key=lambda s: len(backbone.prepare(dummy, [s])["input_ids"][0]))
     f0, _, _ = backbone(dummy, [longest])
     N, D, S = f0.shape[1], f0.shape[2], len(ds)
     feats = np.memmap(os.path.join(tmp, "feats.f16"), dtype=np.float16, mode="w+", shape=(S, N, D))

@@ -28,7 +28,7 @@ from loss import rscl_loss, soft_weights, cutoff, weight_entropy
 
 SIZES = {
     # trains on a 2-core CPU in minutes
-    "tiny": dict(adapter_layers=2, adapter_heads=4, dit_layers=4, dit_width=128, dit_heads=4,
+    "tiny": dict(adapter_layers=2, adapter_width=128, adapter_heads=4, dit_layers=4, dit_width=128, dit_heads=4,
                  future_tokens=4, state_hidden=128, proj_hidden=256),
     # GR00T N1.5: adapter 4 blocks at the backbone width (32 heads), DiT 16 blocks x 1536 (32 heads x 48)
     "paper": dict(adapter_layers=4, adapter_heads=32, dit_layers=16, dit_width=1536, dit_heads=32,
@@ -49,6 +49,7 @@ class PolicyConfig:
     action_dim: int = 7
     horizon: int = 16                # H, actions per chunk
     adapter_layers: int = 2
+    adapter_width: int = 0           # 0 = the backbone width D (GR00T); else a Linear D -> width first (CPU sizes)
     adapter_heads: int = 4
     adapter_dropout: float = 0.2
     dit_layers: int = 4
@@ -125,18 +126,21 @@ class Block(nn.Module):
 
 
 class Adapter(nn.Module):
-    """f_phi: LayerNorm + pre-LN self-attention blocks over [feats | u]; no positional embedding."""
+    """f_phi: LayerNorm (+ a Linear D_in -> D when the adapter is narrower than the backbone) + pre-LN
+    self-attention blocks over [feats | u]; no positional embedding of its own (the backbone's tokens carry it)."""
 
-    def __init__(self, D, layers, heads, dropout):
+    def __init__(self, D_in, D, layers, heads, dropout):
         super().__init__()
-        self.ln = nn.LayerNorm(D)
+        self.ln = nn.LayerNorm(D_in)
+        self.proj_in = nn.Linear(D_in, D) if D != D_in else nn.Identity()
         self.u = nn.Parameter(torch.zeros(D))   # the summarization token (init in Policy.init_weights)
         self.blocks = nn.ModuleList([Block(D, heads, dropout) for _ in range(layers)])
 
     def forward(self, feats, mask):
-        """feats (B, N, D), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
+        """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
         B = feats.shape[0]
-        x = torch.cat([self.ln(feats), self.u.expand(B, 1, -1).to(feats.dtype)], dim=1)  # (B, N+1, D)
+        x = self.proj_in(self.ln(feats))                                                   # (B, N, D)
+        x = torch.cat([x, self.u.expand(B, 1, -1).to(x.dtype)], dim=1)                     # (B, N+1, D)
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)                              # (B, N+1)
         for block in self.blocks:
             x = block(x, mask)
@@ -222,8 +226,8 @@ class Policy(nn.Module):
         # the frozen backbone (None when training from cached features, see features.py)
         self.backbone = backbone if backbone is not None else Backbone(cfg.backbone, cfg.backbone_path,
                                                                         cfg.layer, device=device, pool=cfg.token_pool)
-        D = self.backbone.dim
-        self.adapter = Adapter(D, cfg.adapter_layers, cfg.adapter_heads, cfg.adapter_dropout)
+        D = cfg.adapter_width or self.backbone.dim                       # the width of h and w
+        self.adapter = Adapter(self.backbone.dim, D, cfg.adapter_layers, cfg.adapter_heads, cfg.adapter_dropout)
         self.projector = nn.Sequential(nn.Linear(D, cfg.proj_hidden), nn.GELU(), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
         self.dit = DiT(cfg, cond_dim=D)
         # min-max statistics of q and A, buffers so that they travel in the checkpoint (set by set_stats)
