@@ -67,7 +67,11 @@ def open_demos(path):
 
 
 def demo_names(f):
-    return sorted(f["data"].keys(), key=lambda k: int(k.split("_")[-1]))
+    """data/demo_N names sorted by N; DataError naming any other key (demo_a, demo_1.5, ...)."""
+    odd = [k for k in f["data"].keys() if not (k.startswith("demo_") and k[5:].isdigit())]
+    if odd:
+        raise DataError(f"{f.filename}: data/ holds keys that are not demo_<integer>: {odd[:5]}: rename or remove them")
+    return sorted(f["data"].keys(), key=lambda k: int(k[5:]))
 
 
 def instruction_of(f, demo):
@@ -99,7 +103,39 @@ def split_demos(f, split, val_frac=0.1, max_demos=0):
         n_val = max(1, int(round(len(names) * val_frac))) if len(names) > 1 and val_frac > 0 else 0
         train = names[:len(names) - n_val][:max_demos or None]
         out += {"train": train, "val": names[len(names) - n_val:], "all": names}[split]
-    return sorted(out, key=lambda k: int(k.split("_")[-1]))
+    if not out:   # one demo per task: no validation demo (or no training one) to draw from
+        raise DataError(f"{f.filename}: the {split} split is empty ({len(demo_names(f))} demo(s) in "
+                        f"{len(by_task)} task(s)): every task needs at least 2 demos, one for validation: collect more")
+    return sorted(out, key=lambda k: int(k[5:]))
+
+
+def check_demo(path, name, g, image_keys, proprio_keys, like):
+    """One line (DataError) for the first thing wrong in demo g: a missing key, a length, an image that is
+    not (T, H, W, 3) uint8 or not the size of the others, an action width unlike the others, NaN or inf.
+    like: dict(image=(H, W, 3), action=a) of the first demo, filled in here from it."""
+    missing = [k for k in image_keys + proprio_keys if k not in g.get("obs", {})] + \
+              ([] if "actions" in g else ["actions"])
+    if missing:
+        obs = sorted(g["obs"].keys()) if "obs" in g else []
+        raise DataError(f"{path}: {name} lacks {missing} (its obs keys: {obs}): pick cameras with --cameras "
+                        f"and proprio keys with --proprio-keys, or drop the demo")
+    T, acts = len(g["actions"]), g["actions"]
+    if T == 0 or acts.ndim != 2 or any(len(g["obs"][k]) != T for k in image_keys + proprio_keys):
+        raise DataError(f"{path}: {name} has {T} actions of shape {acts.shape} and obs of lengths "
+                        f"{[len(g['obs'][k]) for k in image_keys + proprio_keys]}: every key needs one row per step")
+    like.setdefault("image", g["obs"][image_keys[0]].shape[1:])
+    like.setdefault("action", acts.shape[1])
+    for k in image_keys:
+        im = g["obs"][k]
+        if im.dtype != np.uint8 or im.shape[1:] != like["image"] or len(like["image"]) != 3 or like["image"][2] != 3:
+            raise DataError(f"{path}: {name}/obs/{k} holds {im.dtype} images of {im.shape[1:]}, the first demo "
+                            f"{like['image']}: images must be (H, W, 3) uint8 (0-255), one size for every view and demo")
+    if acts.shape[1] != like["action"]:
+        raise DataError(f"{path}: {name} has {acts.shape[1]}-D actions, the first demo {like['action']}-D: "
+                        f"one action width per file")
+    nonfinite = [k for k in ["actions"] + [f"obs/{k}" for k in proprio_keys] if not np.isfinite(g[k][:]).all()]
+    if nonfinite:
+        raise DataError(f"{path}: {name} has NaN or inf in {nonfinite}: drop or repair that demo")
 
 
 class DemoDataset:
@@ -114,31 +150,29 @@ class DemoDataset:
                  proprio_keys=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"), max_demos=0):
         self.path, self.cameras, self.H = path, list(cameras), horizon
         f = open_demos(path)
-        names = split_demos(f, split, val_frac, max_demos)
-        first = f["data"][names[0]] if names else f["data"][demo_names(f)[0]]
-        obs_keys = sorted(first["obs"].keys()) if "obs" in first else []
-        for cam in self.cameras:
-            if f"{cam}_image" not in obs_keys:
-                f.close()
-                raise DataError(f"camera '{cam}' is not in {path}: its obs keys are {obs_keys}; "
-                                f"pick cameras with --cameras")
-        missing = [k for k in proprio_keys if k not in obs_keys] + ([] if "actions" in first else ["actions"])
-        if missing:
+        try:
+            self._read(f, split, val_frac, max_demos, proprio_keys)
+        finally:
             f.close()
-            raise DataError(f"{path} lacks {missing} (obs keys: {obs_keys}): name the proprio keys of "
-                            f"your file with --proprio-keys")
+        self.file = None   # opened lazily, once per worker process
+
+    def _read(self, f, split, val_frac, max_demos, proprio_keys):
+        """Check every demo of the file (not only this split's), then read this split's q and actions."""
+        names, like, image_keys = split_demos(f, split, val_frac, max_demos), {}, [f"{c}_image" for c in self.cameras]
+        for name in demo_names(f):
+            check_demo(self.path, name, f["data"][name], image_keys, list(proprio_keys), like)
         self.demos, self.q, self.actions, self.instructions, self.index = names, [], [], [], []
         self.tasks = [task_of(f, name) for name in names]   # per demo
         for d, name in enumerate(names):
             g = f["data"][name]
             self.q.append(proprio_10d(*(g["obs"][k][:] for k in proprio_keys)))       # (T, 10)
             self.actions.append(g["actions"][:].astype(np.float32))                  # (T, a)
+            if not (np.isfinite(self.q[-1]).all() and np.isfinite(self.actions[-1]).all()):
+                raise DataError(f"{self.path}: {name} has a zero quaternion in {proprio_keys[1]}: drop or repair "
+                                f"that demo, or check --proprio-keys")
             self.instructions.append(instruction_of(f, name))
             self.index += [(d, t) for t in range(len(self.actions[-1]))]
-        self.image_shape = first["obs"][f"{self.cameras[0]}_image"].shape[1:]
-        self.action_dim = first["actions"].shape[1]
-        f.close()
-        self.file = None   # opened lazily, once per worker process
+        self.image_shape, self.action_dim = like["image"], like["action"]
 
     def __len__(self):
         return len(self.index)
