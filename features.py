@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import torch
@@ -35,18 +36,29 @@ def cache_key(backbone, ds, split):
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16], spec
 
 
+class CacheError(Exception):
+    """A cache folder that is incomplete or damaged; build_cache rebuilds it."""
+
+
 class FeatureCache:
     """Sample i of `ds` -> dict(feats (N, D) float16, mask (N,), views (V, 2), q, A, instruction).
     Same order and same q, A as the DemoDataset it was built from."""
 
     def __init__(self, folder, ds):
-        meta = json.load(open(os.path.join(folder, "meta.json")))
-        S, N, D = meta["shape"]
+        """CacheError if any file is missing, truncated or of the wrong shape: never taken as whole."""
+        try:
+            S, N, D = json.load(open(os.path.join(folder, "meta.json")))["shape"]
+            path = os.path.join(folder, "feats.f16")
+            if os.path.getsize(path) != S * N * D * 2:
+                raise ValueError(f"feats.f16 holds {os.path.getsize(path)} bytes, not {S * N * D * 2}")
+            self.feats = np.memmap(path, dtype=np.float16, mode="r", shape=(S, N, D))
+            self.mask = np.load(os.path.join(folder, "mask.npy"))       # (S, N) bool
+            self.views = np.load(os.path.join(folder, "views.npy"))     # (S, V, 2) int64
+            if S != len(ds) or self.mask.shape != (S, N) or self.views.shape != (S, len(ds.cameras), 2):
+                raise ValueError(f"shapes {self.mask.shape}, {self.views.shape} do not fit {len(ds)} samples of N = {N}")
+        except (OSError, ValueError, KeyError, TypeError) as e:   # json errors are ValueErrors
+            raise CacheError(f"{folder}: {type(e).__name__}: {str(e)[:120]}") from None
         self.ds = ds
-        self.feats = np.memmap(os.path.join(folder, "feats.f16"), dtype=np.float16, mode="r", shape=(S, N, D))
-        self.mask = np.load(os.path.join(folder, "mask.npy"))       # (S, N) bool
-        self.views = np.load(os.path.join(folder, "views.npy"))     # (S, V, 2) int64
-        assert S == len(ds), "cache and data set disagree"
 
     def __len__(self):
         return len(self.ds)
@@ -60,14 +72,26 @@ class FeatureCache:
 @torch.no_grad()
 def build_cache(backbone, ds, root, split, batch_size=32):
     """Run the frozen backbone once over ds (with a progress bar) and return a FeatureCache.
-    Written to a temporary folder and renamed, so an interrupted build leaves nothing half-made."""
+    Written to a temporary folder and renamed, so an interrupted build leaves nothing half-made; a folder
+    damaged later (a file deleted or truncated) is detected on opening and rebuilt."""
     key, spec = cache_key(backbone, ds, split)
     folder = os.path.join(root, key)
-    if os.path.isfile(os.path.join(folder, "meta.json")):
-        return FeatureCache(folder, ds)
-    tmp = folder + ".tmp"
+    if os.path.exists(folder):
+        try:
+            return FeatureCache(folder, ds)
+        except CacheError as e:
+            print(f"note: feature cache {e}: rebuilding it", file=sys.stderr)
+    tmp = f"{folder}.tmp{os.getpid()}"   # per process: two runs building one key do not share a folder
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        return _build(backbone, ds, spec, folder, tmp, split, batch_size)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)   # an interrupted or failed build leaves nothing
+
+
+def _build(backbone, ds, spec, folder, tmp, split, batch_size):
+    """The build itself: every file into tmp, meta.json last, then tmp renamed to folder."""
     # the longest prompt fixes N: every view has the same number of tokens, only the text varies
     dummy = np.zeros((1, len(ds.cameras), *ds.image_shape), np.uint8)
     longest = ds.instructions[0] if backbone.family != "qwen2.5-vl" else max(   # vision-only: no text tokens
@@ -89,6 +113,8 @@ def build_cache(backbone, ds, root, split, batch_size=32):
     feats.flush()
     np.save(os.path.join(tmp, "mask.npy"), mask)
     np.save(os.path.join(tmp, "views.npy"), views)
-    json.dump(dict(spec, shape=[S, N, D]), open(os.path.join(tmp, "meta.json"), "w"))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(dict(spec, shape=[S, N, D]), f)
+    shutil.rmtree(folder, ignore_errors=True)   # a damaged one
     os.replace(tmp, folder)
     return FeatureCache(folder, ds)
