@@ -3,10 +3,11 @@ Demonstrations in robomimic's HDF5 layout -> (images, instruction, q, action chu
 
     data/demo_N/actions (T, a)             data/demo_N/obs/{camera}_image (T, H, W, 3) uint8
     data/demo_N/obs/robot0_eef_pos (T, 3)  robot0_eef_quat (T, 4) xyzw  robot0_gripper_qpos (T, 2)
-    data/demo_N.attrs["instruction"]       (LIBERO: data.attrs["problem_info"]["language_instruction"])
+    data/demo_N.attrs["instruction"]       (LIBERO: data.attrs["problem_info"], RoboCasa: demo.attrs["ep_meta"])
 
-Camera and proprio keys are arguments, so LIBERO (agentview_rgb, ee_states, ...), RoboCasa and
-MimicGen files are read by naming their keys. A synthetic file for tests and quick runs:
+Cameras and proprio keys are named as in the file, with the orientation's format stated; LAYOUTS holds
+the presets for the files people have (ours/robomimic, MimicGen, LIBERO, RoboCasa, and LeRobot datasets,
+read by lerobot_data.py). A synthetic file for tests and quick runs:
     python data.py --synthetic data/synthetic.hdf5
 """
 import json
@@ -16,37 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def quat_to_rotmat(quat):
-    """quat: (..., 4) unit quaternion in robosuite's xyzw order -> (..., 3, 3) rotation matrix."""
-    quat = np.asarray(quat, dtype=np.float64)
-    quat = quat / np.linalg.norm(quat, axis=-1, keepdims=True)
-    x, y, z, w = quat[..., 0], quat[..., 1], quat[..., 2], quat[..., 3]
-    R = np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], axis=-1)
-    return R.reshape(quat.shape[:-1] + (3, 3))
-
-
-def proprio_10d(eef_pos, eef_quat, gripper_qpos):
-    """The robot state q used by RS-CL and the DiT's state token.
-    eef_pos (T, 3), eef_quat (T, 4) xyzw, gripper_qpos (T, 2) -> q (T, 10) float32 =
-    [x, y, z, R[:, 0], R[:, 1], g]: the first two COLUMNS of the rotation matrix (the 6D rotation of
-    Zhou et al. 2019), and the gripper opening g = qpos[0] - qpos[1] (0 closed .. 0.08 m open)."""
-    R = quat_to_rotmat(eef_quat)                               # (T, 3, 3)
-    rot6d = np.concatenate([R[..., :, 0], R[..., :, 1]], -1)   # (T, 6): column 0, then column 1
-    g = (np.asarray(gripper_qpos)[..., 0] - np.asarray(gripper_qpos)[..., 1])[..., None]  # (T, 1)
-    return np.concatenate([np.asarray(eef_pos, np.float64), rot6d, g], -1).astype(np.float32)
-
+from layouts import (LAYOUTS, DataError, flip_images, make_q, minmax_stats, parse_key, layout_of,  # noqa: F401
+                     proprio_10d, quat_to_rotmat)
 
 # -----------------------------------------------------------------------------
 # the data set: one sample per timestep
-
-class DataError(Exception):
-    """A data file that cannot be used; the message says what is wrong and what to do."""
-
 
 def open_demos(path):
     """h5py.File of a robomimic-layout file, or DataError with one clear line."""
@@ -75,13 +50,17 @@ def demo_names(f):
 
 
 def instruction_of(f, demo):
-    """The language instruction of a demo: its `instruction` attribute, else LIBERO's problem_info."""
-    g = f["data"][demo]
+    """The language instruction of a demo: its `instruction` attribute (ours), RoboCasa's ep_meta["lang"], LIBERO's
+    problem_info["language_instruction"], else the env name (MimicGen, robomimic), else ''."""
+    g, data = f["data"][demo], f["data"]
     if "instruction" in g.attrs:
         return str(g.attrs["instruction"])
-    info = f["data"].attrs.get("problem_info")
-    if info is not None:
-        return str(json.loads(info).get("language_instruction", ""))
+    if "ep_meta" in g.attrs:
+        return str(json.loads(g.attrs["ep_meta"]).get("lang", ""))
+    if "problem_info" in data.attrs:
+        return str(json.loads(data.attrs["problem_info"]).get("language_instruction", ""))
+    if "env_args" in data.attrs:
+        return str(json.loads(data.attrs["env_args"]).get("env_name", ""))
     return ""
 
 
@@ -91,22 +70,40 @@ def task_of(f, demo):
     return str(g.attrs["task"]) if "task" in g.attrs else instruction_of(f, demo)
 
 
-def split_demos(f, split, val_frac=0.1, max_demos=0):
-    """Demo names of a split, chosen per task so that every task is in both splits: of each task's demos
-    (in file order) the last round(val_frac * n) (at least 1 when n > 1) are validation, the first
-    `max_demos` of the rest (0 = all) are training. 'all' is every demo."""
+def split_by_task(names, tasks, split, val_frac=0.1, max_demos=0, where="data"):
+    """Names of a split, chosen per task so that every task is in both splits: of each task's demos (in the given
+    order) the last round(val_frac * n) (at least 1 when n > 1) are validation, the first `max_demos` of the rest
+    (0 = all) are training. 'all' is every demo. Returns them in the given order; an empty split -> DataError."""
     by_task = {}
-    for name in demo_names(f):
-        by_task.setdefault(task_of(f, name), []).append(name)
-    out = []
-    for names in by_task.values():
-        n_val = max(1, int(round(len(names) * val_frac))) if len(names) > 1 and val_frac > 0 else 0
-        train = names[:len(names) - n_val][:max_demos or None]
-        out += {"train": train, "val": names[len(names) - n_val:], "all": names}[split]
+    for name, task in zip(names, tasks):
+        by_task.setdefault(task, []).append(name)
+    out = set()
+    for group in by_task.values():
+        n_val = max(1, int(round(len(group) * val_frac))) if len(group) > 1 and val_frac > 0 else 0
+        train = group[:len(group) - n_val][:max_demos or None]
+        out |= set({"train": train, "val": group[len(group) - n_val:], "all": group}[split])
     if not out:   # one demo per task: no validation demo (or no training one) to draw from
-        raise DataError(f"{f.filename}: the {split} split is empty ({len(demo_names(f))} demo(s) in "
+        raise DataError(f"{where}: the {split} split is empty ({len(names)} demo(s) in "
                         f"{len(by_task)} task(s)): every task needs at least 2 demos, one for validation: collect more")
-    return sorted(out, key=lambda k: int(k[5:]))
+    return [n for n in names if n in out]
+
+
+def split_demos(f, split, val_frac=0.1, max_demos=0):
+    """Demo names of a split of a robomimic-layout file (see split_by_task)."""
+    names = demo_names(f)
+    return split_by_task(names, [task_of(f, n) for n in names], split, val_frac, max_demos, f.filename)
+
+
+def open_dataset(path, layout="robomimic", cameras=None, horizon=16, split="train", val_frac=0.1, proprio_keys=None,
+                 orientation=None, flip=None, max_demos=0):
+    """A robomimic-layout HDF5 file -> DemoDataset; a LeRobot dataset folder -> lerobot_data.LeRobotDemos.
+    Both give the same samples; a layout from LAYOUTS names the keys, the flags override it."""
+    kw = dict(horizon=horizon, split=split, val_frac=val_frac, proprio_keys=proprio_keys, max_demos=max_demos,
+              layout=layout, orientation=orientation, flip=flip)
+    if os.path.isdir(path):
+        from lerobot_data import LeRobotDemos   # pyarrow and PyAV only when a LeRobot dataset is read
+        return LeRobotDemos(path, cameras, **kw)
+    return DemoDataset(path, cameras, **kw)
 
 
 def check_demo(path, name, g, image_keys, proprio_keys, like):
@@ -117,8 +114,8 @@ def check_demo(path, name, g, image_keys, proprio_keys, like):
               ([] if "actions" in g else ["actions"])
     if missing:
         obs = sorted(g["obs"].keys()) if "obs" in g else []
-        raise DataError(f"{path}: {name} lacks {missing} (its obs keys: {obs}): pick cameras with --cameras "
-                        f"and proprio keys with --proprio-keys, or drop the demo")
+        raise DataError(f"{path}: {name} lacks {missing} (its obs keys: {obs}): pick the file's --layout, or "
+                        f"cameras with --cameras and proprio keys with --proprio-keys, or drop the demo")
     T, acts = len(g["actions"]), g["actions"]
     if T == 0 or acts.ndim != 2 or any(len(g["obs"][k]) != T for k in image_keys + proprio_keys):
         raise DataError(f"{path}: {name} has {T} actions of shape {acts.shape} and obs of lengths "
@@ -139,37 +136,44 @@ def check_demo(path, name, g, image_keys, proprio_keys, like):
 
 
 class DemoDataset:
-    """Samples (images (V, H, W, 3) uint8, instruction, q (10,), A (H, a)) from a robomimic HDF5.
+    """Samples (images (V, H, W, 3) uint8, instruction, q (10,), A (H, a)) from a robomimic-layout HDF5.
 
-    cameras: obs keys are f"{cam}_image"; proprio_keys: (eef_pos, eef_quat xyzw, gripper_qpos) obs keys.
-    split: 'train' | 'val' | 'all' (per task, the last `val_frac` of its demos are validation; see split_demos);
+    layout: a key of LAYOUTS; cameras, proprio_keys (eef position, eef orientation, gripper; 'key[a:b]' slices),
+    orientation (a key of layouts.ORIENTATIONS) and flip (layouts.FLIPS) override its fields. A camera is an obs key
+    as in the file, or a robosuite camera name whose key is f"{cam}_image".
+    split: 'train' | 'val' | 'all' (per task, the last `val_frac` of its demos are validation; see split_by_task);
     max_demos: training demos per task (0 = all).
     q and A are raw here; the policy min-max normalises them with `stats()` (computed on train)."""
 
-    def __init__(self, path, cameras, horizon=16, split="train", val_frac=0.1,
-                 proprio_keys=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"), max_demos=0):
-        self.path, self.cameras, self.H = path, list(cameras), horizon
+    def __init__(self, path, cameras=None, horizon=16, split="train", val_frac=0.1, proprio_keys=None, max_demos=0,
+                 layout="robomimic", orientation=None, flip=None):
+        L = layout_of(layout, cameras, proprio_keys, orientation, flip)
+        self.path, self.cameras, self.H = path, list(L["cameras"]), horizon
+        self.proprio_keys, self.orientation, self.flip = L["proprio"], L["orientation"], L["flip"]
         f = open_demos(path)
         try:
-            self._read(f, split, val_frac, max_demos, proprio_keys)
+            self._read(f, split, val_frac, max_demos)
         finally:
             f.close()
         self.file = None   # opened lazily, once per worker process
 
-    def _read(self, f, split, val_frac, max_demos, proprio_keys):
+    def _read(self, f, split, val_frac, max_demos):
         """Check every demo of the file (not only this split's), then read this split's q and actions."""
-        names, like, image_keys = split_demos(f, split, val_frac, max_demos), {}, [f"{c}_image" for c in self.cameras]
+        names, like = split_demos(f, split, val_frac, max_demos), {}
+        obs0 = f["data"][demo_names(f)[0]].get("obs", {})
+        self.image_keys = [c if c in obs0 else f"{c}_image" for c in self.cameras]   # as named, or robosuite's name
+        proprio_names = list(dict.fromkeys(parse_key(k)[0] for k in self.proprio_keys))
         for name in demo_names(f):
-            check_demo(self.path, name, f["data"][name], image_keys, list(proprio_keys), like)
+            check_demo(self.path, name, f["data"][name], self.image_keys, proprio_names, like)
         self.demos, self.q, self.actions, self.instructions, self.index = names, [], [], [], []
         self.tasks = [task_of(f, name) for name in names]   # per demo
         for d, name in enumerate(names):
             g = f["data"][name]
-            self.q.append(proprio_10d(*(g["obs"][k][:] for k in proprio_keys)))       # (T, 10)
-            self.actions.append(g["actions"][:].astype(np.float32))                  # (T, a)
+            self.q.append(make_q(lambda k: g["obs"][k][:], self.proprio_keys, self.orientation, self.path))  # (T, 10)
+            self.actions.append(g["actions"][:].astype(np.float32))                                         # (T, a)
             if not (np.isfinite(self.q[-1]).all() and np.isfinite(self.actions[-1]).all()):
-                raise DataError(f"{self.path}: {name} has a zero quaternion in {proprio_keys[1]}: drop or repair "
-                                f"that demo, or check --proprio-keys")
+                raise DataError(f"{self.path}: {name} has a zero quaternion in {self.proprio_keys[1]}: drop or repair "
+                                f"that demo, or check --proprio-keys and --orientation")
             self.instructions.append(instruction_of(f, name))
             self.index += [(d, t) for t in range(len(self.actions[-1]))]
         self.image_shape, self.action_dim = like["image"], like["action"]
@@ -183,10 +187,8 @@ class DemoDataset:
         return {t: np.flatnonzero(sample_task == t) for t in dict.fromkeys(self.tasks)}
 
     def stats(self):
-        """Min-max statistics of q and actions over this split (plain lists, for the checkpoint)."""
-        q, a = np.concatenate(self.q), np.concatenate(self.actions)
-        return dict(q_min=q.min(0).tolist(), q_max=q.max(0).tolist(),
-                    a_min=a.min(0).tolist(), a_max=a.max(0).tolist())
+        """Min-max statistics of q and actions over this split (plain lists, for the checkpoint; see minmax_stats)."""
+        return minmax_stats(np.concatenate(self.q), np.concatenate(self.actions))
 
     def chunk(self, d, t):
         """A (H, a): actions t .. t+H-1, the last action repeated past the end of the demo."""
@@ -200,7 +202,7 @@ class DemoDataset:
             self.file = h5py.File(self.path, "r")
         d, t = self.index[i]
         obs = self.file["data"][self.demos[d]]["obs"]
-        images = np.stack([obs[f"{cam}_image"][t] for cam in self.cameras])  # (V, H, W, 3) uint8
+        images = flip_images(np.stack([obs[k][t] for k in self.image_keys]), self.flip)   # (V, H, W, 3) uint8
         return dict(images=images, instruction=self.instructions[d], q=self.q[d][t], A=self.chunk(d, t))
 
 

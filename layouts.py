@@ -1,0 +1,180 @@
+"""
+The data sets' layouts, and the robot state q from any of them.
+
+LAYOUTS says where each data set people have keeps its cameras, robot state, instruction and actions, and how its
+frames are stored; every preset was read from the project's own code or documentation (cited at each entry).
+make_q turns the named proprio keys into the 10-D q of RS-CL, [x, y, z, R[:, 0], R[:, 1], g], whatever the
+orientation's format (quaternion xyzw or wxyz, axis-angle, rotation matrix, none), or takes q as given ('raw').
+Used by data.py (HDF5) and lerobot_data.py (LeRobot datasets).
+"""
+import numpy as np
+
+
+class DataError(Exception):
+    """A data file that cannot be used; the message says what is wrong and what to do."""
+
+
+LAYOUTS = {
+    # ours (sim.py) and robomimic: robosuite's observation names; frames stored upright
+    "robomimic": dict(cameras=("agentview", "frontview", "robot0_eye_in_hand"), orientation="quat_xyzw", flip="none",
+                      proprio=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")),
+    # MimicGen's released files (NVlabs/mimicgen docs/datasets/mimicgen_corl_2023.md: robomimic HDF5, made with
+    # robomimic's dataset_states_to_obs, whose EnvRobosuite.get_observation flips MuJoCo's frames upright: di[k][::-1]);
+    # 84 px agentview + wrist, 7-D actions, no instruction (the env name is used)
+    "mimicgen": dict(cameras=("agentview", "robot0_eye_in_hand"), orientation="quat_xyzw", flip="none",
+                     proprio=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")),
+    # LIBERO (Lifelong-Robot-Learning/LIBERO scripts/create_dataset.py): obs/agentview_rgb, obs/eye_in_hand_rgb (128 px,
+    # raw OpenGL frames, data.attrs["macros_image_convention"]), obs/ee_pos (3), obs/ee_ori (3: T.quat2axisangle),
+    # obs/gripper_states (2), actions (T, 7); the instruction in data.attrs["problem_info"]["language_instruction"].
+    # Frames are rotated 180 degrees, as OpenVLA's and openpi's LIBERO pipelines do ("IMPORTANT: rotate 180 degrees to
+    # match train preprocessing") and as LeRobot's LIBERO datasets store them
+    "libero": dict(cameras=("agentview_rgb", "eye_in_hand_rgb"), orientation="axis_angle", flip="rot180",
+                   proprio=("ee_pos", "ee_ori", "gripper_states")),
+    # RoboCasa HDF5 (robocasa docs/_versions/v0.2/use_cases/using_datasets.md, robocasa/scripts/dataset_states_to_obs.py,
+    # robomimic's upright flip): three cameras, the eef pose relative to the mobile base (xyzw), actions (T, 12),
+    # the instruction in demo.attrs["ep_meta"]["lang"]
+    "robocasa": dict(cameras=("robot0_agentview_left", "robot0_agentview_right", "robot0_eye_in_hand"),
+                     orientation="quat_xyzw", flip="none",
+                     proprio=("robot0_base_to_eef_pos", "robot0_base_to_eef_quat", "robot0_gripper_qpos")),
+    # LeRobot datasets (a folder with meta/info.json; see lerobot_data.py): by default every camera feature, q = the
+    # state vector as given (not an eef pose), the `action` feature
+    "lerobot": dict(cameras=(), orientation="raw", flip="none", proprio=("observation.state",), action="action"),
+    # openpi's LIBERO conversion (physical-intelligence/libero; examples/libero/convert_libero_data_to_lerobot.py):
+    # image/wrist_image (256 px, already rotated), state (8) = eef pos, axis-angle, gripper qpos; actions (7)
+    "lerobot-libero": dict(cameras=("image", "wrist_image"), orientation="axis_angle", flip="none",
+                           proprio=("state[0:3]", "state[3:6]", "state[6:8]"), action="actions"),
+    # RoboCasa's LeRobot release (robocasa docs/datasets/using_datasets.md; PandaOmron_modality.json): observation.state
+    # (16) = base pos 3, base quat 4, eef pos 3 and quat 4 (xyzw) relative to the base, gripper qpos 2; action (12)
+    "lerobot-robocasa": dict(cameras=("observation.images.robot0_agentview_left", "observation.images.robot0_agentview_right",
+                                      "observation.images.robot0_eye_in_hand"), orientation="quat_xyzw", flip="none",
+                             proprio=("observation.state[7:10]", "observation.state[10:14]", "observation.state[14:16]"),
+                             action="action"),
+}
+# width of the orientation key for each format; rotmat is row-major; none: R = I; raw: q = the keys concatenated as given
+ORIENTATIONS = {"quat_xyzw": 4, "quat_wxyz": 4, "axis_angle": 3, "rotmat": 9, "none": 0, "raw": None}
+FLIPS = ("none", "vflip", "rot180")
+
+
+def flip_images(images, how):
+    """images (..., H, W, 3) -> the same, flipped top-bottom (vflip) or rotated 180 degrees (rot180)."""
+    if how == "vflip":
+        return np.ascontiguousarray(images[..., ::-1, :, :])
+    if how == "rot180":
+        return np.ascontiguousarray(images[..., ::-1, ::-1, :])
+    return images
+
+
+def quat_to_rotmat(quat):
+    """quat: (..., 4) unit quaternion in robosuite's xyzw order -> (..., 3, 3) rotation matrix."""
+    quat = np.asarray(quat, dtype=np.float64)
+    quat = quat / np.linalg.norm(quat, axis=-1, keepdims=True)
+    x, y, z, w = quat[..., 0], quat[..., 1], quat[..., 2], quat[..., 3]
+    R = np.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], axis=-1)
+    return R.reshape(quat.shape[:-1] + (3, 3))
+
+
+def axis_angle_to_rotmat(rv):
+    """rv: (..., 3) = angle * unit axis (robosuite's quat2axisangle, LIBERO's ee_ori) -> (..., 3, 3), by Rodrigues:
+    R = I + sin(theta) K + (1 - cos(theta)) K^2, K the cross-product matrix of the unit axis."""
+    rv = np.asarray(rv, dtype=np.float64)
+    theta = np.linalg.norm(rv, axis=-1)[..., None, None]                     # (..., 1, 1)
+    k = rv / np.maximum(np.linalg.norm(rv, axis=-1, keepdims=True), 1e-12)   # (..., 3), 0 when theta = 0
+    z = np.zeros_like(k[..., 0])
+    K = np.stack([z, -k[..., 2], k[..., 1], k[..., 2], z, -k[..., 0], -k[..., 1], k[..., 0], z], -1)
+    K = K.reshape(k.shape[:-1] + (3, 3))                                     # (..., 3, 3)
+    return np.eye(3) + np.sin(theta) * K + (1 - np.cos(theta)) * (K @ K)
+
+
+def rotmat_of(ori, orientation):
+    """ori (T, w) in the named format -> R (T, 3, 3)."""
+    if orientation == "quat_xyzw":
+        return quat_to_rotmat(ori)
+    if orientation == "quat_wxyz":
+        return quat_to_rotmat(np.roll(ori, -1, axis=-1))                     # (w, x, y, z) -> (x, y, z, w)
+    if orientation == "axis_angle":
+        return axis_angle_to_rotmat(ori)
+    if orientation == "rotmat":
+        return np.asarray(ori, np.float64).reshape(len(ori), 3, 3)
+    return np.broadcast_to(np.eye(3), (len(ori), 3, 3))                    # none
+
+
+def proprio_10d(eef_pos, eef_quat, gripper_qpos, orientation="quat_xyzw"):
+    """The robot state q used by RS-CL and the DiT's state token.
+    eef_pos (T, 3), eef orientation (T, w) in `orientation`'s format (default quaternion xyzw), gripper (T, 2) finger
+    qpos or (T, 1) opening -> q (T, 10) float32 = [x, y, z, R[:, 0], R[:, 1], g]: the first two COLUMNS of the rotation
+    matrix (the 6D rotation of Zhou et al. 2019), and the gripper opening g = qpos[0] - qpos[1] (0 closed .. 0.08 m open)."""
+    R = rotmat_of(np.asarray(eef_quat), orientation)              # (T, 3, 3)
+    rot6d = np.concatenate([R[..., :, 0], R[..., :, 1]], -1)      # (T, 6): column 0, then column 1
+    g = np.asarray(gripper_qpos, np.float64)
+    g = g[..., :1] - g[..., 1:2] if g.shape[-1] == 2 else g      # (T, 1)
+    return np.concatenate([np.asarray(eef_pos, np.float64), rot6d, g], -1).astype(np.float32)
+
+
+def parse_key(key):
+    """'observation.state[7:10]' -> ('observation.state', slice(7, 10)); 'ee_pos' -> ('ee_pos', slice(None))."""
+    if key.endswith("]") and "[" in key:
+        name, rng = key[:-1].split("[", 1)
+        a, b = (int(x) if x else None for x in rng.split(":"))
+        return name, slice(a, b)
+    return key, slice(None)
+
+
+def make_q(read, keys, orientation, where):
+    """q (T, 10) (or (T, d) for 'raw') from the proprio keys: read(name) -> (T, w) array; keys as parse_key reads them.
+    Widths that do not fit the orientation format -> DataError naming the key and the fix."""
+    parts = []
+    for name, s in map(parse_key, keys):
+        x = np.asarray(read(name), np.float64)
+        parts.append(x.reshape(len(x), -1)[:, s])                          # (T, w): a scalar per step is (T, 1)
+    if orientation == "raw":
+        return np.concatenate(parts, -1).astype(np.float32)
+    if orientation not in ORIENTATIONS:
+        raise DataError(f"unknown orientation format '{orientation}': choose one of {', '.join(ORIENTATIONS)}")
+    want = 2 if orientation == "none" else 3
+    if len(keys) != want:
+        raise DataError(f"orientation '{orientation}' needs {want} proprio keys ({'eef position, gripper' if want == 2 else 'eef position, eef orientation, gripper'}), "
+                        f"got {list(keys)}: set --proprio-keys")
+    pos, ori, grip = (parts[0], np.zeros((len(parts[0]), 0)), parts[1]) if want == 2 else parts
+    widths = dict(position=(keys[0], pos.shape[1], 3), gripper=(keys[-1], grip.shape[1], "1 or 2"))
+    if want == 3:
+        widths["orientation"] = (keys[1], ori.shape[1], ORIENTATIONS[orientation])
+    for what, (key, w, need) in widths.items():
+        if w not in ((1, 2) if need == "1 or 2" else (need,)):
+            fits = [f for f, n in ORIENTATIONS.items() if n == w]
+            hint = f"pass --orientation {' or '.join(fits)}" if what == "orientation" and fits else "name another key or slice it, e.g. key[0:3]"
+            raise DataError(f"{where}: the {what} key '{key}' has {w} numbers per step, but {what} "
+                            f"{'format ' + repr(orientation) + ' ' if what == 'orientation' else ''}needs {need}: {hint}")
+    return proprio_10d(pos, ori, grip, orientation)
+
+
+def minmax_stats(q, a):
+    """Min-max statistics of q (S, d) and actions (S, a) as plain lists. A dimension that never changes
+    (max - min < 1e-6, e.g. a fixed joint or the rotation of a robot that never turns) gets the range
+    [v - 1, v + 1] instead: it normalises to 0 (not -1), nothing divides by ~0, and a test-time value off v moves
+    by its raw difference instead of being blown up."""
+    out = {}
+    for name, x in (("q", q), ("a", a)):
+        lo, hi = x.min(0).astype(np.float64), x.max(0).astype(np.float64)
+        flat = hi - lo < 1e-6
+        lo[flat], hi[flat] = lo[flat] - 1, hi[flat] + 1
+        out[f"{name}_min"], out[f"{name}_max"] = lo.tolist(), hi.tolist()
+    return out
+
+
+def layout_of(layout, cameras=None, proprio_keys=None, orientation=None, flip=None):
+    """A preset from LAYOUTS with any of its fields overridden (None or '' keeps the preset's)."""
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
+    if orientation and orientation not in ORIENTATIONS:
+        raise DataError(f"unknown orientation format '{orientation}': choose one of {', '.join(ORIENTATIONS)}")
+    if flip and flip not in FLIPS:
+        raise DataError(f"unknown image flip '{flip}': choose one of {', '.join(FLIPS)}")
+    L = dict(LAYOUTS[layout])
+    for k, v in (("cameras", cameras), ("proprio", proprio_keys), ("orientation", orientation), ("flip", flip)):
+        if v:
+            L[k] = tuple(v) if k in ("cameras", "proprio") else v
+    return L
