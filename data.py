@@ -95,14 +95,16 @@ def split_demos(f, split, val_frac=0.1, max_demos=0):
 
 
 def open_dataset(path, layout="robomimic", cameras=None, horizon=16, split="train", val_frac=0.1, proprio_keys=None,
-                 orientation=None, flip=None, max_demos=0):
+                 orientation=None, flip=None, max_demos=0, action=None):
     """A robomimic-layout HDF5 file -> DemoDataset; a LeRobot dataset folder -> lerobot_data.LeRobotDemos.
     Both give the same samples; a layout from LAYOUTS names the keys, the flags override it."""
     kw = dict(horizon=horizon, split=split, val_frac=val_frac, proprio_keys=proprio_keys, max_demos=max_demos,
               layout=layout, orientation=orientation, flip=flip)
     if os.path.isdir(path):
         from lerobot_data import LeRobotDemos   # pyarrow and PyAV only when a LeRobot dataset is read
-        return LeRobotDemos(path, cameras, **kw)
+        return LeRobotDemos(path, cameras, action=action, **kw)
+    if action:
+        raise DataError("--action-key is for LeRobot dataset folders; an HDF5 file's actions are data/demo_N/actions")
     return DemoDataset(path, cameras, **kw)
 
 
@@ -148,6 +150,9 @@ class DemoDataset:
     def __init__(self, path, cameras=None, horizon=16, split="train", val_frac=0.1, proprio_keys=None, max_demos=0,
                  layout="robomimic", orientation=None, flip=None):
         L = layout_of(layout, cameras, proprio_keys, orientation, flip)
+        if "action" in L:
+            raise DataError(f"layout '{layout}' is for LeRobot dataset folders and {path} is a file: for an HDF5 file "
+                            f"use --layout {', '.join(k for k, v in LAYOUTS.items() if 'action' not in v)}")
         self.path, self.cameras, self.H = path, list(L["cameras"]), horizon
         self.proprio_keys, self.orientation, self.flip = L["proprio"], L["orientation"], L["flip"]
         f = open_demos(path)

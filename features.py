@@ -32,7 +32,10 @@ def file_sha1(path, block=1 << 24):
 
 def cache_key(backbone, ds, split):
     spec = dict(backbone=backbone.name, layer=backbone.layer, pool=backbone.pool, cameras=ds.cameras, image_shape=list(ds.image_shape),
-                data=file_sha1(ds.path), split=split, demos=ds.demos, version=2)
+                data=ds.fingerprint() if hasattr(ds, "fingerprint") else file_sha1(ds.path),   # a LeRobot folder has its own
+                split=split, demos=ds.demos, version=2)
+    if getattr(ds, "flip", "none") != "none":   # flipped frames give other features (only then: old keys stay valid)
+        spec["flip"] = ds.flip
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16], spec
 
 

@@ -165,7 +165,7 @@ def minmax_stats(q, a):
     return out
 
 
-def layout_of(layout, cameras=None, proprio_keys=None, orientation=None, flip=None):
+def layout_of(layout, cameras=None, proprio_keys=None, orientation=None, flip=None, action=None):
     """A preset from LAYOUTS with any of its fields overridden (None or '' keeps the preset's)."""
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
@@ -174,7 +174,8 @@ def layout_of(layout, cameras=None, proprio_keys=None, orientation=None, flip=No
     if flip and flip not in FLIPS:
         raise DataError(f"unknown image flip '{flip}': choose one of {', '.join(FLIPS)}")
     L = dict(LAYOUTS[layout])
-    for k, v in (("cameras", cameras), ("proprio", proprio_keys), ("orientation", orientation), ("flip", flip)):
+    for k, v in (("cameras", cameras), ("proprio", proprio_keys), ("orientation", orientation), ("flip", flip),
+                 ("action", action)):
         if v:
             L[k] = tuple(v) if k in ("cameras", "proprio") else v
     return L
