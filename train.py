@@ -10,9 +10,12 @@ biases and norms), warm-up then cosine lr, gradient clipping and accumulation, p
 atomic checkpoints of plain types, exact --resume, a tqdm bar and a JSONL log in the run folder.
 """
 import argparse
+import atexit
 import json
 import math
 import os
+import re
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -23,15 +26,23 @@ import torch
 from tqdm import tqdm
 
 from backbone import BACKBONES, WeightsNotFound
-from data import Batches, DataError, open_dataset
+from data import Batches, DemoDataset, DataError
 from features import build_cache
-from layouts import FLIPS, LAYOUTS, ORIENTATIONS
 from loss import rscl_lambda
 from model import SIZES, Policy, make_config, load_checkpoint
+
+
+
+def die(msg, code=2):
+    """Bad input: one clear line on stderr, a non-zero exit, nothing overwritten."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
 
 # -----------------------------------------------------------------------------
 # config: flat, hyphenated flags; vars(args) is the config that is printed, logged and saved
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.error = lambda msg: die(f"{msg}: see python train.py --help")   # argparse's errors in the house form
 p.add_argument("--backbone", default="tiny", help=f"one of {', '.join(BACKBONES)}")
 p.add_argument("--backbone-path", default="", help="local folder with the backbone's weights (default: hub id)")
 p.add_argument("--layer", type=int, default=-1, help="LLM layer whose output is the feature (-1: the backbone's default)")
@@ -46,15 +57,9 @@ p.add_argument("--cutoff", default="view", choices=["view", "token", "span"], he
 p.add_argument("--beta", type=float, default=1.0, help="temperature of the soft weights")
 p.add_argument("--tau", type=float, default=0.2, help="temperature of the cosine similarities")
 p.add_argument("--data", default="data/demos.hdf5")
-p.add_argument("--layout", default="", help=f"the data's layout, one of {', '.join(LAYOUTS)} (default: robomimic for "
-                                            f"an HDF5 file, lerobot for a LeRobot dataset folder); see layouts.py")
-p.add_argument("--cameras", default="", help="cameras as named in the data, comma-separated (default: the layout's)")
-p.add_argument("--proprio-keys", default="", help="eef position, orientation, gripper keys; 'key' or 'key[a:b]' "
-                                                  "(default: the layout's)")
-p.add_argument("--orientation", default="", help=f"format of the orientation key: {', '.join(ORIENTATIONS)} "
-                                                 f"(raw: q is the keys as given) (default: the layout's)")
-p.add_argument("--image-flip", default="", help=f"{', '.join(FLIPS)} (default: the layout's)")
-p.add_argument("--action-key", default="", help="LeRobot datasets: the action feature (default: the layout's)")
+p.add_argument("--cameras", default="agentview,frontview,robot0_eye_in_hand")
+p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
+               help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
 p.add_argument("--horizon", type=int, default=16, help="H, actions per chunk")
 p.add_argument("--demos-per-task", type=int, default=0, help="training demos per task (0: all but the validation ones)")
 p.add_argument("--sampling", default="balanced", choices=["balanced", "uniform"],
@@ -84,19 +89,50 @@ p.add_argument("--seed", type=int, default=0)
 p.add_argument("--compile", action="store_true", help="torch.compile the training forward (adapter, DiT, losses)")
 args = p.parse_args()
 args.size = args.size or ("tiny" if args.backbone == "tiny" else "paper")
+# flags a --resume may change (how the run is executed and logged); every other one, any new one too, must match the
+# checkpoint's. --lr may: a lower one is the way back from a NaN. --max-iters may not: the schedules depend on it.
+RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt_every", "cknna_every", "stop_after",
+             "compile", "cache_features", "cache_dir", "backbone_path", "out", "resume", "overwrite", "lr"}
 
-# -----------------------------------------------------------------------------
-# bad input: one clear line, a non-zero exit, nothing overwritten
+
+def check_args(a):
+    """Every flag's range, checked once before anything runs: the first problem as one line, else None."""
+    at_least = dict(horizon=1, batch_size=1, grad_accum=1, max_iters=1, eval_every=1, eval_iters=1, log_every=1,
+                    ckpt_every=1, stop_after=0, cknna_every=0, workers=0, demos_per_task=0, token_pool=1, seed=0, layer=-1)
+    for k, lo in at_least.items():
+        if getattr(a, k) < lo:
+            return f"--{k.replace('_', '-')} must be at least {lo} (got {getattr(a, k)})"
+    for k, lo, hi in (("lr", 1e-30, 1e30), ("beta", 1e-30, 1e30), ("tau", 1e-30, 1e30), ("grad_clip", 1e-30, 1e30),
+                      ("warmup", 0, 1), ("weight_decay", 0, 1e30), ("adapter_dropout", 0, 0.99)):
+        if not lo <= getattr(a, k) <= hi:   # NaN fails every comparison
+            return f"--{k.replace('_', '-')} must be in [{lo:g}, {hi:g}] (got {getattr(a, k)})"
+    if a.stop_after > a.max_iters:
+        return f"--stop-after {a.stop_after} is past --max-iters {a.max_iters}: the run would end first"
+    cams = a.cameras.split(",")
+    if "" in cams or len(set(cams)) != len(cams):
+        return f"--cameras '{a.cameras}' must name distinct cameras, comma-separated"
+    if len(a.proprio_keys.split(",")) != 3:
+        return f"--proprio-keys needs 3 keys (eef position, eef quaternion, gripper qpos), got '{a.proprio_keys}'"
+    if a.device != "auto" and (not re.fullmatch(r"cpu|cuda(:\d+)?", a.device) or "cuda" in a.device and not torch.cuda.is_available()):
+        return f"--device {a.device} is not available here: use auto, cpu{', cuda or cuda:N' * torch.cuda.is_available()}"
+    if a.resume and a.overwrite:
+        return "pass --resume (continue the run) or --overwrite (replace it), not both"
 
 
-def die(msg, code=2):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
+def swap_in(new, out):
+    """Replace folder `out` by folder `new` (the old one is renamed aside, then deleted): never a mix of both."""
+    shutil.rmtree(out + ".old", ignore_errors=True)
+    if os.path.exists(out):
+        os.rename(out, out + ".old")
+    os.rename(new, out)
+    shutil.rmtree(out + ".old", ignore_errors=True)
 
 
 def main():
     ddp = int(os.environ.get("RANK", -1)) != -1   # launched by torchrun
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    if problem := check_args(args):
+        die(problem)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if ddp:
         torch.distributed.init_process_group(backend="nccl" if device == "cuda" else "gloo")
@@ -110,43 +146,57 @@ def main():
         die(f"unknown backbone '{args.backbone}': choose one of {', '.join(BACKBONES)}")
     if args.size not in SIZES:
         die(f"unknown size '{args.size}': choose one of {', '.join(SIZES)}")
-    out = args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}"
+    out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}")
     ckpt_path = os.path.join(out, "ckpt.pt")
+    if os.path.exists(out) and not os.path.isdir(out):
+        die(f"--out {out} is a file: name a folder for the run")
     if args.resume and not os.path.isfile(ckpt_path):
         die(f"--resume: there is no {ckpt_path} to continue; start a new run without --resume")
     if not args.resume and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        die(f"run folder {out} already exists: choose another --out, continue it with --resume, or pass --overwrite")
+        die(f"run folder {out} already exists{'' if os.path.isfile(ckpt_path) else ' (no checkpoint in it)'}: "
+            f"choose another --out, continue it with --resume, or pass --overwrite")
+    step, ckpt = 0, None
+    if args.resume:   # the experiment must be the checkpoint's: refuse flags that would change it, by name
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except ValueError as e:
+            die(str(e))
+        saved, norm = ckpt.get("config", {}), lambda k, v: os.path.realpath(v) if k == "data" else v
+        show = lambda v: ("on" if v else "off") if isinstance(v, bool) else v   # store_true flags
+        changed = [f"--{k.replace('_', '-')} {show(v)} (checkpoint: {show(saved.get(k, p.get_default(k)))})"
+                   for k, v in vars(args).items() if k not in RESUMABLE and norm(k, v) != norm(k, saved.get(k, p.get_default(k)))]
+        if changed:
+            die(f"--resume: {', '.join(changed)} does not fit the checkpoint: these flags change the experiment; "
+                f"resume with the checkpoint's values, or start a new run (another --out)")
+        step = ckpt["step"]
+        if 0 < args.stop_after <= step:
+            die(f"--stop-after {args.stop_after}: the checkpoint is at step {step} already: give a later step or 0")
+        if master and args.lr != saved.get("lr", args.lr):
+            print(f"note: --lr {args.lr} replaces the checkpoint's {saved['lr']} from step {step}")
 
     # --- data ---
-    layout = args.layout or ("lerobot" if os.path.isdir(args.data) else "robomimic")   # a folder: a LeRobot dataset
-    spec = dict(layout=layout, cameras=args.cameras.split(",") if args.cameras else None, horizon=args.horizon,
-                proprio_keys=args.proprio_keys.split(",") if args.proprio_keys else None,
-                orientation=args.orientation, flip=args.image_flip, action=args.action_key)
-    try:   # an HDF5 file (data.DemoDataset) or a LeRobot dataset folder (lerobot_data.LeRobotDemos)
-        train_ds = open_dataset(args.data, split="train", max_demos=args.demos_per_task, **spec)
-        val_ds = open_dataset(args.data, split="val", **spec)
+    cameras, keys = args.cameras.split(","), tuple(args.proprio_keys.split(","))
+    try:
+        train_ds = DemoDataset(args.data, cameras, args.horizon, "train", proprio_keys=keys, max_demos=args.demos_per_task)
+        val_ds = DemoDataset(args.data, cameras, args.horizon, "val", proprio_keys=keys)
     except DataError as e:
         die(str(e))
-    cameras = train_ds.cameras
 
     # --- model ---
     torch.manual_seed(args.seed + rank)
     cfg = make_config(backbone=args.backbone, backbone_path=args.backbone_path, layer=args.layer, size=args.size,
                       token_pool=args.token_pool, adapter_dropout=args.adapter_dropout,
                       cameras=cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
-                      horizon=args.horizon, state_dim=train_ds.q[0].shape[1])
+                      horizon=args.horizon)
     try:
         policy = Policy(cfg, device=device)
     except (WeightsNotFound, ValueError) as e:
         die(str(e))
-    step, ckpt = 0, None
     if args.resume:
         try:
-            ckpt = load_checkpoint(ckpt_path)
             policy.load_trainable(ckpt["model"])
         except ValueError as e:
             die(str(e))
-        step = ckpt["step"]
     else:
         policy.set_stats(train_ds.stats())   # min-max statistics, computed once, carried in the checkpoint
     train_src, val_src = train_ds, val_ds
@@ -207,12 +257,12 @@ def main():
                      beta=args.beta, tau=args.tau)
 
     @torch.no_grad()
-    def evaluate():
-        """Mean validation losses on fixed batches; the training RNG streams are left untouched."""
+    def evaluate(n_batches=args.eval_iters):
+        """Mean validation losses on fixed batches; the training RNG streams (CPU and GPU) are left untouched."""
         policy.eval()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
             torch.manual_seed(1234)
-            outs = [losses(policy, on_device(b)) for b in loader(val_src, 1234, 0, args.eval_iters)]
+            outs = [losses(policy, on_device(b)) for b in loader(val_src, 1234, 0, n_batches)]
         policy.train()
         return {f"val_{k}": float(np.mean([float(o[k]) for o in outs])) for k in outs[0]}
 
@@ -238,26 +288,60 @@ def main():
         """The min-max statistics the policy uses (its buffers: on resume, the checkpoint's, not the file's)."""
         return {k: getattr(policy, k).tolist() for k in ("q_min", "q_max", "a_min", "a_max")}
 
+    # --- NaN guard: the first step with a non-finite loss or gradient, kept on the device (no sync per step), read
+    # at log, eval and checkpoint steps; a checkpoint is written only if it is clean and the weights give a finite loss
+    run = dict(dir=out if args.resume or not os.path.exists(out) else out + ".new",   # --overwrite: beside the old one
+               saved=step if args.resume else 0, bad=torch.zeros((), dtype=torch.long, device=device))
+
+    def stop(what, at):
+        bar.close()
+        kept = (f"the last good checkpoint (step {run['saved']}) is kept in {ckpt_path}: resume it with a lower --lr"
+                if run["saved"] else "no checkpoint had been written, so this run keeps nothing: start again with a lower --lr")
+        die(f"{what} at step {at}: training stopped; {kept}, or check the data", code=3)
+
+    def guard(at, row=None):   # one host sync
+        if int(run["bad"]):
+            stop("loss is not finite (nan or inf)", int(run["bad"]))
+        if row and not all(math.isfinite(v) for k, v in row.items() if "loss" in k):
+            stop(f"loss is not finite on validation ({row})", at)
+
     def save(it):
+        guard(it)
+        finite = bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
+        if not finite or not all(math.isfinite(v) for v in evaluate(1).values()):   # weights that cannot be resumed
+            stop("the weights are not usable (not finite, or their validation loss is not)", it)
         if not master:
             return
         state = dict(model=policy.trainable_state_dict(), optimizer=opt.state_dict(), config=vars(args),
                      model_config=asdict(cfg), stats=policy_stats(), step=it,
                      rng=dict(torch=torch.get_rng_state(),
                               **({"cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {})))
-        torch.save(state, ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)   # atomic: a crash never leaves a half-written ckpt.pt
+        path = os.path.join(run["dir"], "ckpt.pt")
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)   # atomic: a crash never leaves a half-written ckpt.pt
+        if run["dir"] != out:   # --overwrite: the new run replaces the old folder at its first checkpoint
+            swap_in(run["dir"], out)
+            run["dir"] = out
+        run["saved"] = it
 
-    if master:
-        os.makedirs(out, exist_ok=True)
+    if master:   # every check has passed: only now is anything written
+        shutil.rmtree(out + ".new", ignore_errors=True)   # a start killed before its first checkpoint
+        os.makedirs(run["dir"], exist_ok=True)
         if not args.resume:
-            with open(os.path.join(out, "config.json"), "w") as f:
+            with open(os.path.join(run["dir"], "config.json"), "w") as f:
                 json.dump(dict(args=vars(args), model=asdict(cfg), stats=policy_stats()), f, indent=1)
         n_train = sum(p.numel() for p in params)
         print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} "
               f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, frozen), {n_train / 1e6:.2f}M trainable, "
               f"device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}")
-    log = open(os.path.join(out, "log.jsonl"), "a") if master else None
+    log = open(os.path.join(run["dir"], "log.jsonl"), "a" if args.resume else "w") if master else None
+
+    def discard():   # a new run that stops before its first checkpoint (error, NaN, Ctrl-C) leaves no folder behind
+        if not run["saved"]:
+            log.close()
+            shutil.rmtree(run["dir"], ignore_errors=True)
+    if master and not args.resume:
+        atexit.register(discard)
 
     # --- the loop ---
     policy.train()
@@ -270,18 +354,19 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         lam = rscl_lambda(it, args.max_iters) if args.rscl else 0.0
+        finite = torch.ones((), dtype=torch.bool, device=device)
         for micro in range(args.grad_accum):
             if ddp:   # all-reduce gradients on the last micro-step only
                 getattr(model, "_orig_mod", model).require_backward_grad_sync = micro == args.grad_accum - 1
             out_ = losses(model, on_device(next(batches)))
             loss = out_["loss_fm"] + lam * out_.get("loss_rscl", 0.0)
             (loss / args.grad_accum).backward()
+            finite &= torch.isfinite(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        if (it + 1) % args.log_every == 0 or (it + 1) % args.ckpt_every == 0 or it + 1 in (args.max_iters, args.stop_after):
-            if not torch.isfinite(loss):   # stop before a bad step; the last checkpoint stays good
-                bar.close()
-                die(f"loss is {loss.item()} at step {it}: stopped; the last good checkpoint is kept in {ckpt_path} "
-                    f"(lower --lr or check the data)", code=3)
+        finite &= torch.isfinite(grad_norm)   # the same on every DDP rank: gradients are all-reduced
+        run["bad"] = torch.where((run["bad"] == 0) & ~finite, it + 1, run["bad"])   # on the device: no sync
+        if (it + 1) % args.log_every == 0:
+            guard(it + 1)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if (it + 1) % args.log_every == 0 and master:
@@ -298,6 +383,7 @@ def main():
         if master and args.cknna_every and ((it + 1) % args.cknna_every == 0 or it + 1 == args.max_iters):
             row["val_cknna_h_q"] = cknna_score()
         if row:
+            guard(it + 1, row)
             row = dict(step=it + 1, **row)
             log.write(json.dumps(row) + "\n"); log.flush()
             bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
@@ -306,7 +392,7 @@ def main():
         if it + 1 == args.stop_after:
             break
     if master:
-        print(f"done: {ckpt_path}, log {os.path.join(out, 'log.jsonl')}")
+        print(f"done: {ckpt_path} (step {run['saved']}), log {os.path.join(out, 'log.jsonl')}")
     if ddp:
         torch.distributed.destroy_process_group()
 
