@@ -26,8 +26,9 @@ import torch
 from tqdm import tqdm
 
 from backbone import BACKBONES, WeightsNotFound
-from data import Batches, DemoDataset, DataError
+from data import Batches, DataError, open_dataset
 from features import build_cache
+from layouts import FLIPS, LAYOUTS, ORIENTATIONS
 from loss import rscl_lambda
 from model import SIZES, Policy, make_config, load_checkpoint
 
@@ -57,9 +58,15 @@ p.add_argument("--cutoff", default="view", choices=["view", "token", "span"], he
 p.add_argument("--beta", type=float, default=1.0, help="temperature of the soft weights")
 p.add_argument("--tau", type=float, default=0.2, help="temperature of the cosine similarities")
 p.add_argument("--data", default="data/demos.hdf5")
-p.add_argument("--cameras", default="agentview,frontview,robot0_eye_in_hand")
-p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
-               help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
+p.add_argument("--layout", default="", help=f"the data's layout, one of {', '.join(LAYOUTS)} (default: robomimic for "
+                                            f"an HDF5 file, lerobot for a LeRobot dataset folder); see layouts.py")
+p.add_argument("--cameras", default="", help="cameras as named in the data, comma-separated (default: the layout's)")
+p.add_argument("--proprio-keys", default="", help="eef position, orientation, gripper keys; 'key' or 'key[a:b]' "
+                                                  "(default: the layout's)")
+p.add_argument("--orientation", default="", help=f"format of the orientation key: {', '.join(ORIENTATIONS)} "
+                                                 f"(raw: q is the keys as given) (default: the layout's)")
+p.add_argument("--image-flip", default="", help=f"{', '.join(FLIPS)} (default: the layout's)")
+p.add_argument("--action-key", default="", help="LeRobot datasets: the action feature (default: the layout's)")
 p.add_argument("--horizon", type=int, default=16, help="H, actions per chunk")
 p.add_argument("--demos-per-task", type=int, default=0, help="training demos per task (0: all but the validation ones)")
 p.add_argument("--sampling", default="balanced", choices=["balanced", "uniform"],
@@ -108,11 +115,9 @@ def check_args(a):
             return f"--{k.replace('_', '-')} must be in [{lo:g}, {hi:g}] (got {getattr(a, k)})"
     if a.stop_after > a.max_iters:
         return f"--stop-after {a.stop_after} is past --max-iters {a.max_iters}: the run would end first"
-    cams = a.cameras.split(",")
+    cams = a.cameras.split(",") if a.cameras else []   # none: the layout's
     if "" in cams or len(set(cams)) != len(cams):
         return f"--cameras '{a.cameras}' must name distinct cameras, comma-separated"
-    if len(a.proprio_keys.split(",")) != 3:
-        return f"--proprio-keys needs 3 keys (eef position, eef quaternion, gripper qpos), got '{a.proprio_keys}'"
     if a.device != "auto" and (not re.fullmatch(r"cpu|cuda(:\d+)?", a.device) or "cuda" in a.device and not torch.cuda.is_available()):
         return f"--device {a.device} is not available here: use auto, cpu{', cuda or cuda:N' * torch.cuda.is_available()}"
     if a.resume and a.overwrite:
@@ -175,19 +180,23 @@ def main():
             print(f"note: --lr {args.lr} replaces the checkpoint's {saved['lr']} from step {step}")
 
     # --- data ---
-    cameras, keys = args.cameras.split(","), tuple(args.proprio_keys.split(","))
-    try:
-        train_ds = DemoDataset(args.data, cameras, args.horizon, "train", proprio_keys=keys, max_demos=args.demos_per_task)
-        val_ds = DemoDataset(args.data, cameras, args.horizon, "val", proprio_keys=keys)
+    layout = args.layout or ("lerobot" if os.path.isdir(args.data) else "robomimic")   # a folder: a LeRobot dataset
+    spec = dict(layout=layout, cameras=args.cameras.split(",") if args.cameras else None, horizon=args.horizon,
+                proprio_keys=args.proprio_keys.split(",") if args.proprio_keys else None,
+                orientation=args.orientation, flip=args.image_flip, action=args.action_key)
+    try:   # an HDF5 file (data.DemoDataset) or a LeRobot dataset folder (lerobot_data.LeRobotDemos)
+        train_ds = open_dataset(args.data, split="train", max_demos=args.demos_per_task, **spec)
+        val_ds = open_dataset(args.data, split="val", **spec)
     except DataError as e:
         die(str(e))
+    cameras = train_ds.cameras
 
     # --- model ---
     torch.manual_seed(args.seed + rank)
     cfg = make_config(backbone=args.backbone, backbone_path=args.backbone_path, layer=args.layer, size=args.size,
                       token_pool=args.token_pool, adapter_dropout=args.adapter_dropout,
                       cameras=cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
-                      horizon=args.horizon)
+                      horizon=args.horizon, state_dim=train_ds.q[0].shape[1])
     try:
         policy = Policy(cfg, device=device)
     except (WeightsNotFound, ValueError) as e:
