@@ -34,8 +34,7 @@ from model import SIZES, Policy, make_config, load_checkpoint
 
 
 
-def die(msg, code=2):
-    """Bad input: one clear line on stderr, a non-zero exit, nothing overwritten."""
+def die(msg, code=2):   # bad input: one clear line on stderr, a non-zero exit, nothing overwritten
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
 
@@ -96,8 +95,7 @@ p.add_argument("--seed", type=int, default=0)
 p.add_argument("--compile", action="store_true", help="torch.compile the training forward (adapter, DiT, losses)")
 args = p.parse_args()
 args.size = args.size or ("tiny" if args.backbone == "tiny" else "paper")
-# flags a --resume may change (how the run is executed and logged); every other one, any new one too, must match the
-# checkpoint's. --lr may: a lower one is the way back from a NaN. --max-iters may not: the schedules depend on it.
+# what --resume may change (how a run is executed and logged; --lr: the way back from a NaN); all else must match
 RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt_every", "cknna_every", "stop_after",
              "compile", "cache_features", "cache_dir", "backbone_path", "out", "resume", "overwrite", "lr"}
 
@@ -122,15 +120,6 @@ def check_args(a):
         return f"--device {a.device} is not available here: use auto, cpu{', cuda or cuda:N' * torch.cuda.is_available()}"
     if a.resume and a.overwrite:
         return "pass --resume (continue the run) or --overwrite (replace it), not both"
-
-
-def swap_in(new, out):
-    """Replace folder `out` by folder `new` (the old one is renamed aside, then deleted): never a mix of both."""
-    shutil.rmtree(out + ".old", ignore_errors=True)
-    if os.path.exists(out):
-        os.rename(out, out + ".old")
-    os.rename(new, out)
-    shutil.rmtree(out + ".old", ignore_errors=True)
 
 
 def main():
@@ -328,8 +317,11 @@ def main():
         path = os.path.join(run["dir"], "ckpt.pt")
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)   # atomic: a crash never leaves a half-written ckpt.pt
-        if run["dir"] != out:   # --overwrite: the new run replaces the old folder at its first checkpoint
-            swap_in(run["dir"], out)
+        if run["dir"] != out:   # --overwrite: the new run takes the old folder's place (renamed aside, then deleted)
+            shutil.rmtree(out + ".old", ignore_errors=True)
+            os.rename(out, out + ".old")
+            os.rename(run["dir"], out)
+            shutil.rmtree(out + ".old", ignore_errors=True)
             run["dir"] = out
         run["saved"] = it
 
@@ -347,7 +339,6 @@ def main():
 
     def discard():   # a new run that stops before its first checkpoint (error, NaN, Ctrl-C) leaves no folder behind
         if not run["saved"]:
-            log.close()
             shutil.rmtree(run["dir"], ignore_errors=True)
     if master and not args.resume:
         atexit.register(discard)
