@@ -14,6 +14,8 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
+import shutil
 import sys
 import time
 
@@ -24,7 +26,14 @@ from tqdm import tqdm
 import sim
 from model import Policy
 
+
+def die(msg, code=2):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.error = lambda msg: die(f"{msg}: see python evaluate.py --help")   # argparse's errors in the house form
 p.add_argument("ckpt")
 p.add_argument("--tasks", default="lift")
 p.add_argument("--episodes", type=int, default=10, help="episodes per task")
@@ -34,14 +43,28 @@ p.add_argument("--horizon", type=int, default=0, help="max env steps per episode
 p.add_argument("--workers", type=int, default=2, help="env worker processes")
 p.add_argument("--videos", type=int, default=2, help="episodes saved as GIF (first ones of each task)")
 p.add_argument("--out", default="", help="output folder (default: next to the checkpoint, eval-<appearance>)")
+p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (only once all is written)")
 p.add_argument("--device", default="auto")
 p.add_argument("--seed", type=int, default=0, help="seed of the policy's noise")
 args = p.parse_args()
 
 
-def die(msg, code=2):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
+def check_args(a):
+    """Every flag's range, before anything runs: the first problem as one line, else None."""
+    for k, lo in dict(episodes=1, execute=1, horizon=0, workers=1, videos=0, seed=0).items():
+        if getattr(a, k) < lo:
+            return f"--{k} must be at least {lo} (got {getattr(a, k)})"
+    if a.device != "auto" and (not re.fullmatch(r"cpu|cuda(:\d+)?", a.device) or "cuda" in a.device and not torch.cuda.is_available()):
+        return f"--device {a.device} is not available here: use auto, cpu{', cuda or cuda:N' * torch.cuda.is_available()}"
+
+
+def swap_in(new, out):
+    """Replace folder `out` by folder `new` (the old one renamed aside, then deleted): never a mix of both."""
+    shutil.rmtree(out + ".old", ignore_errors=True)
+    if os.path.exists(out):
+        os.rename(out, out + ".old")
+    os.rename(new, out)
+    shutil.rmtree(out + ".old", ignore_errors=True)
 
 
 def wilson(k, n, z=1.96):
@@ -98,21 +121,27 @@ def main():
     unknown = [t for t in tasks if t not in sim.TASKS]
     if unknown:
         die(f"unknown task {unknown}: choose from {', '.join(sim.TASKS)}")
-    if args.episodes <= 0:
-        die(f"--episodes must be positive (got {args.episodes})")
+    if len(set(tasks)) != len(tasks):
+        die(f"--tasks {args.tasks} names a task twice: name each once")
+    if problem := check_args(args):
+        die(problem)
+    out = os.path.normpath(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.appearance}"))
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out) and not args.overwrite):
+        die(f"output {out} already exists{' (a file)' if os.path.isfile(out) else ''}: pass another --out"
+            f"{'' if os.path.isfile(out) else ', or --overwrite to replace it once the new results are written'}")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         policy = Policy.from_checkpoint(args.ckpt, device=device)
     except Exception as e:
         die(str(e))
     cfg = policy.cfg
+    if args.execute > cfg.horizon:
+        die(f"--execute {args.execute} is more than the checkpoint's chunk of {cfg.horizon} actions: give 1 to {cfg.horizon}")
     missing = [c for c in cfg.cameras if c not in sim.CAMERAS]
     if missing or cfg.action_dim != sim.ACTION_DIM:
         die(f"checkpoint does not match the simulator: it reads cameras {cfg.cameras} and writes {cfg.action_dim}-D "
             f"actions; sim.py offers cameras {list(sim.CAMERAS)} and {sim.ACTION_DIM}-D actions")
     sim.check_gl()   # one clear line if no offscreen GL backend works
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.appearance}")
-    os.makedirs(out, exist_ok=True)
     torch.manual_seed(args.seed)
 
     jobs = [(t, i) for t in tasks for i in range(args.episodes)]
@@ -176,12 +205,18 @@ def main():
         lo, hi = wilson(k, n)
         summary[t] = dict(success=k / n, successes=k, episodes=n, wilson95=[lo, hi])
         print(f"{t:8s} success {k}/{n} = {k / n:.2f}  (95% Wilson interval {lo:.2f}-{hi:.2f})")
-    for name, frames in videos.items():
-        save_gif(frames, os.path.join(out, f"{name}.gif"))
-    report = dict(ckpt=os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute,
-                  summary=summary, episodes=results, seconds=time.time() - t0)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    tmp = f"{out}.tmp{os.getpid()}"   # everything is written here, then takes out's place: never a mix of two runs
+    try:
+        os.makedirs(tmp)
+        for name, frames in videos.items():
+            save_gif(frames, os.path.join(tmp, f"{name}.gif"))
+        report = dict(ckpt=os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute,
+                      horizon=args.horizon, summary=summary, episodes=results, seconds=time.time() - t0)
+        with open(os.path.join(tmp, "results.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"results: {os.path.join(out, 'results.json')}; videos: {', '.join(sorted(videos)) or 'none'} in {out}")
 
 
