@@ -49,7 +49,7 @@ p.add_argument("--layer", type=int, default=-1, help="LLM layer whose output is 
 p.add_argument("--token-pool", type=int, default=1, help="dinov2-s: average-pool p x p patch tokens per view")
 p.add_argument("--adapter-dropout", type=float, default=0.2, help="dropout in the adapter (attention and MLP)")
 p.add_argument("--size", default="", help=f"adapter + DiT size, one of {', '.join(SIZES)} (default: tiny for the "
-                                          f"tiny backbone, paper for a real one)")
+                                          f"CPU backbones tiny and dinov2-s, paper for a VLM)")
 p.add_argument("--rscl", action="store_true", help="add the RS-CL loss")
 p.add_argument("--rscl-target", default="proprio", choices=["proprio", "infonce", "action"],
                help="soft targets: proprio distances (RS-CL), identity (plain InfoNCE), next-action distances")
@@ -94,7 +94,7 @@ p.add_argument("--device", default="auto")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--compile", action="store_true", help="torch.compile the training forward (adapter, DiT, losses)")
 args = p.parse_args()
-args.size = args.size or ("tiny" if args.backbone == "tiny" else "paper")
+args.size = args.size or ("tiny" if args.backbone in ("tiny", "dinov2-s") else "paper")   # CPU backbones: tiny
 # what --resume may change (how a run is executed and logged; --lr: the way back from a NaN); all else must match
 RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt_every", "cknna_every", "stop_after",
              "compile", "cache_features", "cache_dir", "backbone_path", "out", "resume", "overwrite", "lr"}
