@@ -17,6 +17,7 @@ sorted), val = X[i, j], listing only the entries of its support.
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -231,9 +232,27 @@ def _tab20(q):
 
 # -----------------------------------------------------------------------------
 
-def _run_name(path):
-    """runs/main-rscl/ckpt.pt -> main-rscl"""
-    return os.path.basename(os.path.dirname(os.path.abspath(path))) or os.path.basename(path)
+def run_names(paths):
+    """A distinct name per checkpoint (the plot's bars are keyed by it): runs/main-rscl/ckpt.pt -> main-rscl;
+    two in one folder -> main-rscl/ckpt, main-rscl/ckpt_500; two folders of one name -> a/run/ckpt, b/run/ckpt."""
+    real = [os.path.realpath(p) for p in paths]
+    twice = [p for p, r in zip(paths, real) if real.count(r) > 1]
+    if twice:
+        raise ValueError(f"checkpoint {twice[0]} is given twice: name each checkpoint once")
+    parts = [os.path.splitext(r)[0].split(os.sep) for r in real]          # [..., 'main-rscl', 'ckpt']
+    for d in range(1, max(map(len, parts)) + 1):   # the folder's name, else more of the path until they differ
+        names = [p[-2] if d == 1 else "/".join(p[-d:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+
+
+def swap_in(new, out):
+    """Replace folder `out` by folder `new` (the old one renamed aside, then deleted): never a mix of both."""
+    shutil.rmtree(out + ".old", ignore_errors=True)
+    if os.path.exists(out):
+        os.rename(out, out + ".old")
+    os.rename(new, out)
+    shutil.rmtree(out + ".old", ignore_errors=True)
 
 
 @torch.no_grad()
@@ -260,10 +279,11 @@ def analyse(args):
     and a PCA of h coloured by episode appearance and by robot state."""
     from data import DemoDataset, open_demos
     from model import Policy
-    os.makedirs(args.out, exist_ok=True)
+    out, tmp = args.out, f"{args.out}.tmp{os.getpid()}"   # written here, then takes out's place whole
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scores, table, backbones = {}, [], {}
-    for path in args.ckpt:
+    os.makedirs(tmp)
+    for path, run in zip(args.ckpt, run_names(args.ckpt)):
         policy = Policy.from_checkpoint(path, device=device)
         cfg = policy.cfg
         ds = DemoDataset(args.data, cfg.cameras, cfg.horizon, split=args.split, proprio_keys=tuple(args.proprio_keys.split(",")))
@@ -272,7 +292,6 @@ def analyse(args):
             raise ValueError(f"{args.data} has {len(ds)} samples: CKNNA with k = {args.topk} needs at least {args.topk + 1}")
         idx = sorted(torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
         reps = extract(policy, ds, idx)
-        run = _run_name(path)
         backbones[run] = cfg.backbone
         for rep in ("backbone", "h", "z"):
             a = cknna(reps[rep], reps["q"], args.topk)
@@ -288,20 +307,29 @@ def analyse(args):
         plot_projection(reps["h"].numpy(), {"episode appearance": np.array([ids[a] for a in looks]),
                                             "gripper opening (m)": q[:, 9].astype(float),
                                             "end-effector height (m)": q[:, 2].astype(float)},
-                        os.path.join(args.out, f"projection_{run}.png"),
+                        os.path.join(tmp, f"projection_{run.replace('/', '_')}.png"),
                         title=f"{run}: PCA of the adapter output h (mean over tokens), {n} samples")
     if len(set(backbones.values())) > 1:   # allowed, but the legend must say so
         scores = {rep: {f"{r} ({backbones[r]})": v for r, v in d.items()} for rep, d in scores.items()}
-    plot_alignment(scores, os.path.join(args.out, "alignment.png"), args.topk)
+    plot_alignment(scores, os.path.join(tmp, "alignment.png"), args.topk)
     print(f"{'run':24s} {'representation':15s} {'CKNNA':>8s} {'mutual kNN':>11s}   (k = {args.topk})")
     for r in table:
         print(f"{r['run']:24s} {r['representation']:15s} {r['cknna']:8.4f} {r['mutual_knn']:11.4f}")
-    json.dump(dict(rows=table, backbones=backbones, data=args.data), open(os.path.join(args.out, "scores.json"), "w"), indent=1)
-    print(f"figures: {args.out}/alignment.png, {args.out}/projection_*.png; scores: {args.out}/scores.json")
+    with open(os.path.join(tmp, "scores.json"), "w") as f:
+        json.dump(dict(rows=table, backbones=backbones, data=args.data), f, indent=1)
+    swap_in(tmp, out)
+    print(f"figures: {out}/alignment.png, {out}/projection_*.png; scores: {out}/scores.json")
+
+
+def die(msg):
+    """Bad input: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="CKNNA alignment of policy features to proprio state")
+    p.error = lambda msg: die(f"{msg}: see python cknna.py --help")   # argparse's errors in the house form
     p.add_argument("ckpt", nargs="*", help="checkpoints to analyse")
     p.add_argument("--data", help="HDF5 demo file to draw samples from")
     p.add_argument("--n", type=int, default=4415, help="number of samples")
@@ -309,17 +337,25 @@ def main(argv=None):
                    help="which demos: val = the held-out demos of every task (train.py's split)")
     p.add_argument("--topk", type=int, default=10, help="k nearest neighbours")
     p.add_argument("--out", default="out/cknna", help="output folder for figures and scores")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (once the new results are written)")
     p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
                    help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
     args = p.parse_args(argv)
+    args.out = os.path.normpath(args.out)
     if not args.ckpt or not args.data:
         p.error("give at least one CKPT and --data FILE")
+    if args.topk < 1 or args.n < args.topk + 1:
+        die(f"--topk must be at least 1 and --n at least topk + 1 (got --topk {args.topk}, --n {args.n})")
+    if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out) and not args.overwrite):
+        die(f"--out {args.out} already exists{' (a file)' if os.path.isfile(args.out) else ''}: choose another --out"
+            f"{'' if os.path.isfile(args.out) else ', or pass --overwrite to replace it once the new results are written'}")
     from data import DataError
     try:
         analyse(args)
     except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        die(str(e))
+    finally:
+        shutil.rmtree(f"{args.out}.tmp{os.getpid()}", ignore_errors=True)   # a failed analysis leaves nothing
 
 
 if __name__ == "__main__":

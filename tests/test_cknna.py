@@ -248,5 +248,7 @@ def test_cknna_command_on_two_checkpoints(synthetic, tmp_path):
     assert all(-1 <= x["cknna"] <= 1 and x["n"] == 60 for x in rows)
     # a data file without the proprio keys: one clear line, exit 2
     r = subprocess.run([sys.executable, "cknna.py", str(tmp_path / "base" / "ckpt.pt"), "--data", synthetic,
-                        "--proprio-keys", "ee_pos,ee_quat,grip", "--out", str(out)], cwd=root, capture_output=True, text=True)
+                        "--proprio-keys", "ee_pos,ee_quat,grip", "--out", str(tmp_path / "fig2")], cwd=root,
+                       capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "ee_pos" in r.stderr
+    assert not (tmp_path / "fig2").exists() and (out / "scores.json").exists()   # a failed analysis leaves nothing
