@@ -285,8 +285,9 @@ def collect(args, tasks, cameras):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     env_kwargs = dict(robots="Panda", controller="BASIC", control_freq=20, camera_names=cameras,
                       camera_heights=args.image_size, camera_widths=args.image_size)
+    path = f"{args.out}.new" if args.overwrite and os.path.isfile(args.out) else args.out   # renamed over out on success
     try:
-        f = h5py.File(args.out, "a" if args.extend else "w")
+        f = h5py.File(path, "a" if args.extend else "w")
     except OSError as e:
         die(f"cannot open {args.out} as HDF5 ({str(e).splitlines()[0]})")
     with f:
@@ -305,7 +306,7 @@ def collect(args, tasks, cameras):
         bar = tqdm(total=args.episodes * len(tasks), initial=sum(min(have[t], args.episodes) for t in tasks),
                    desc="demos", unit="demo")
         workers = min(args.workers, sum(max(0, args.episodes - have[t]) for t in tasks))   # no idle start-ups
-        threads = max(1, os.cpu_count() // workers)
+        threads = max(1, os.cpu_count() // max(1, workers))
         pool = mp.get_context("spawn").Pool(workers, _worker_init, (threads,)) if workers > 1 else None
         try:
             while any(have[t] < args.episodes for t in tasks):   # rounds: experts rarely fail, so one is typical
@@ -329,14 +330,15 @@ def collect(args, tasks, cameras):
         except KeyboardInterrupt:
             drop_incomplete(f)
             bar.close()
-            print(f"\ninterrupted: {args.out} holds {len(data)} complete demos; re-run with --extend to continue",
-                  file=sys.stderr)
+            print(f"\ninterrupted: {args.out} holds {len(data)} complete demos; re-run with --extend to continue"
+                  if path == args.out else f"\ninterrupted: {args.out} is as it was", file=sys.stderr)
             sys.exit(130)
         finally:
             if pool:
                 pool.terminate()
         bar.close()
         counts = {t: sum(1 for g in data.values() if g.attrs["task"] == t) for t in TASKS}
+    os.replace(path, args.out)   # --overwrite: only a complete collection replaces the old file
     print(f"{args.out}: {counts} demos")
 
 
@@ -357,6 +359,7 @@ def measure_experts(args, tasks):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.error = lambda msg: die(f"{msg}: see python sim.py --help")   # argparse's errors in the house form
     ap.add_argument("--tasks", default="lift,can,stack")
     ap.add_argument("--episodes", type=int, default=20, help="successful demos per task")
     ap.add_argument("--out", default="data/demos.hdf5")
@@ -373,10 +376,9 @@ def main():
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         die(f"unknown task {', '.join(unknown)}: choose from {', '.join(TASKS)}")
-    if args.episodes <= 0:
-        die(f"--episodes must be positive (got {args.episodes})")
-    if not 0 <= args.seed <= 50_000:
-        die(f"--seed must be in [0, 50000] (episode indices; got {args.seed})")
+    for k, (lo, hi) in dict(episodes=(1, 10**6), workers=(1, 256), image_size=(16, 2048), seed=(0, 50_000)).items():
+        if not lo <= getattr(args, k) <= hi:
+            die(f"--{k.replace('_', '-')} must be in [{lo}, {hi}] (got {getattr(args, k)})")
     if args.measure_experts:
         return measure_experts(args, tasks)
     if args.overwrite and args.extend:
@@ -385,9 +387,13 @@ def main():
         die(f"{args.out} exists: pass --extend to add demos to it, --overwrite to replace it, or another --out")
     cameras = args.cameras.split(",")
     bad = [c for c in cameras if c not in ALL_CAMERAS]
-    if bad:
-        die(f"unknown camera {', '.join(bad)}: choose from {', '.join(ALL_CAMERAS)}")
-    collect(args, tasks, cameras)
+    if bad or len(set(cameras)) != len(cameras):
+        die(f"unknown or repeated camera {', '.join(bad) or args.cameras}: choose from {', '.join(ALL_CAMERAS)}, each once")
+    try:
+        collect(args, tasks, cameras)
+    finally:   # a failed or interrupted --overwrite leaves the old file as it was, and no .new beside it
+        if os.path.isfile(f"{args.out}.new"):
+            os.remove(f"{args.out}.new")
 
 
 if __name__ == "__main__":
