@@ -36,6 +36,7 @@ DENSE_MAX = 8000          # the dense N^3 reference runs only up to this N
 BENCH_DIMS = (2048, 10)   # d_a (embedding) and d_b (proprioceptive state)
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.error = lambda msg: sys.exit(f"error: {msg}: see python bench.py --help")   # argparse's errors in one line
 p.add_argument("--backbone", default="tiny", help=f"one of {', '.join(BACKBONES)}")
 p.add_argument("--backbone-path", default="")
 p.add_argument("--random-init", action="store_true", help="the real architecture with random weights (no download)")
@@ -273,6 +274,13 @@ def main():
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.backbone not in BACKBONES or args.size not in SIZES:
         sys.exit(f"error: choose --backbone from {', '.join(BACKBONES)} and --size from {', '.join(SIZES)}")
+    for k, lo in dict(batch_size=2, image_size=16, views=1, warmup=0, iters=1).items():   # RS-CL needs a pair
+        if getattr(args, k) < lo:
+            sys.exit(f"error: --{k.replace('_', '-')} must be at least {lo} (got {getattr(args, k)})")
+    if min(args.cknna_sizes) < 11:
+        sys.exit(f"error: --cknna-sizes must be at least 11 each (k = 10 neighbours; got {min(args.cknna_sizes)})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"error: --device {args.device}: no CUDA GPU is visible here: use --device cpu (or auto)")
     if args.cknna:
         return bench_cknna(args.cknna_sizes, 10)
     if args.flops_only:
