@@ -319,12 +319,13 @@ if __name__ == "__main__":
     ap.add_argument("--demos", type=int, default=16)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--image-size", type=int, default=64)
-    ap.error = lambda msg: ap.exit(2, f"error: {msg}: see python data.py --help\n")   # one line
+    fail = lambda msg: ap.exit(2, f"error: {msg}\n")   # one line, the house form
+    ap.error = lambda msg: fail(f"{msg}: see python data.py --help")
     args = ap.parse_args()
     if os.path.exists(args.synthetic):
-        ap.error(f"{args.synthetic} exists; remove it or choose another path")
+        fail(f"{args.synthetic} exists: remove it or choose another path")
     if args.demos < 2 or args.steps < 1 or args.image_size < 16:
-        ap.error(f"--demos must be at least 2 (one for validation), --steps 1, --image-size 16 (got {args.demos}, "
+        fail(f"--demos must be at least 2 (one for validation), --steps 1, --image-size 16 (got {args.demos}, "
                  f"{args.steps}, {args.image_size})")
     write_synthetic(args.synthetic + ".tmp", args.demos, args.steps, args.image_size)
     os.replace(args.synthetic + ".tmp", args.synthetic)   # written whole or not at all
