@@ -346,6 +346,9 @@ def main(argv=None):
         p.error("give at least one CKPT and --data FILE")
     if args.topk < 1 or args.n < args.topk + 1:
         die(f"--topk must be at least 1 and --n at least topk + 1 (got --topk {args.topk}, --n {args.n})")
+    inside = [p for p in args.ckpt + [args.data] if os.path.realpath(p).startswith(os.path.realpath(args.out) + os.sep)]
+    if inside:
+        die(f"--out {args.out} holds {inside[0]}: name a folder of its own for the results")
     if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out) and not args.overwrite):
         die(f"--out {args.out} already exists{' (a file)' if os.path.isfile(args.out) else ''}: choose another --out"
             f"{'' if os.path.isfile(args.out) else ', or pass --overwrite to replace it once the new results are written'}")

@@ -126,6 +126,8 @@ def main():
     if problem := check_args(args):
         die(problem)
     out = os.path.normpath(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.appearance}"))
+    if os.path.realpath(args.ckpt).startswith(os.path.realpath(out) + os.sep):
+        die(f"--out {out} holds the checkpoint {args.ckpt}: name a folder of its own for the results")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out) and not args.overwrite):
         die(f"output {out} already exists{' (a file)' if os.path.isfile(out) else ''}: pass another --out"
             f"{'' if os.path.isfile(out) else ', or --overwrite to replace it once the new results are written'}")

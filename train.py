@@ -101,32 +101,34 @@ RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt
 
 
 def check_args(a):
-    """Every flag's range, checked once before anything runs: the first problem as one line, else None."""
+    """Every flag's range, checked once before anything runs: the first problem as one line."""
     at_least = dict(horizon=1, batch_size=1, grad_accum=1, max_iters=1, eval_every=1, eval_iters=1, log_every=1,
                     ckpt_every=1, stop_after=0, cknna_every=0, workers=0, demos_per_task=0, token_pool=1, seed=0, layer=-1)
     for k, lo in at_least.items():
         if getattr(a, k) < lo:
-            return f"--{k.replace('_', '-')} must be at least {lo} (got {getattr(a, k)})"
+            die(f"--{k.replace('_', '-')} must be at least {lo} (got {getattr(a, k)})")
     for k, lo, hi in (("lr", 1e-30, 1e30), ("beta", 1e-30, 1e30), ("tau", 1e-30, 1e30), ("grad_clip", 1e-30, 1e30),
                       ("warmup", 0, 1), ("weight_decay", 0, 1e30), ("adapter_dropout", 0, 0.99)):
         if not lo <= getattr(a, k) <= hi:   # NaN fails every comparison
-            return f"--{k.replace('_', '-')} must be in [{lo:g}, {hi:g}] (got {getattr(a, k)})"
+            die(f"--{k.replace('_', '-')} must be in [{lo:g}, {hi:g}] (got {getattr(a, k)})")
     if a.stop_after > a.max_iters:
-        return f"--stop-after {a.stop_after} is past --max-iters {a.max_iters}: the run would end first"
+        die(f"--stop-after {a.stop_after} is past --max-iters {a.max_iters}: the run would end first")
     cams = a.cameras.split(",") if a.cameras else []   # none: the layout's
     if "" in cams or len(set(cams)) != len(cams):
-        return f"--cameras '{a.cameras}' must name distinct cameras, comma-separated"
+        die(f"--cameras '{a.cameras}' must name distinct cameras, comma-separated")
     if a.device != "auto" and (not re.fullmatch(r"cpu|cuda(:\d+)?", a.device) or "cuda" in a.device and not torch.cuda.is_available()):
-        return f"--device {a.device} is not available here: use auto, cpu{', cuda or cuda:N' * torch.cuda.is_available()}"
+        die(f"--device {a.device} is not available here: use auto, cpu{', cuda or cuda:N' * torch.cuda.is_available()}")
+    for flag, path in (("--out", a.out), ("--cache-dir", a.cache_dir)):
+        if os.path.isfile(path):
+            die(f"{flag} {path} is a file: name a folder")
     if a.resume and a.overwrite:
-        return "pass --resume (continue the run) or --overwrite (replace it), not both"
+        die("pass --resume (continue the run) or --overwrite (replace it), not both")
 
 
 def main():
     ddp = int(os.environ.get("RANK", -1)) != -1   # launched by torchrun
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    if problem := check_args(args):
-        die(problem)
+    check_args(args)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if ddp:
         torch.distributed.init_process_group(backend="nccl" if device == "cuda" else "gloo")
@@ -142,8 +144,8 @@ def main():
         die(f"unknown size '{args.size}': choose one of {', '.join(SIZES)}")
     out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}")
     ckpt_path = os.path.join(out, "ckpt.pt")
-    if os.path.exists(out) and not os.path.isdir(out):
-        die(f"--out {out} is a file: name a folder for the run")
+    if args.overwrite and os.path.realpath(args.data).startswith(os.path.realpath(out) + os.sep):
+        die(f"--overwrite would delete {out}, which holds --data {args.data}: choose another --out")
     if args.resume and not os.path.isfile(ckpt_path):
         die(f"--resume: there is no {ckpt_path} to continue; start a new run without --resume")
     if not args.resume and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
@@ -165,8 +167,6 @@ def main():
         step = ckpt["step"]
         if 0 < args.stop_after <= step:
             die(f"--stop-after {args.stop_after}: the checkpoint is at step {step} already: give a later step or 0")
-        if master and args.lr != saved.get("lr", args.lr):
-            print(f"note: --lr {args.lr} replaces the checkpoint's {saved['lr']} from step {step}")
 
     # --- data ---
     layout = args.layout or ("lerobot" if os.path.isdir(args.data) else "robomimic")   # a folder: a LeRobot dataset
