@@ -207,15 +207,20 @@ TASKS = {   # recolour: materials an appearance may recolour (only where the ins
 }
 
 
-def rollout(env, seed, look=None, record=False):
+def rollout(env, seed, look=None, record=False, noise=0.0):
     """One scripted episode, ended EXTRA_STEPS steps after success or at the horizon. Returns
     (success, steps) or, with record, (success, steps, frames): per step the observation before the
-    action, the action, the sim state and the reward."""
+    action, the expert's action, the sim state and the reward. noise > 0 (DART, Laskey et al. 2017): the
+    executed xyz action gets N(0, noise^2) added, the recorded one stays the expert's, so the demos show
+    how to recover from states a little off the expert's path (seeded by the episode)."""
     obs = reset(env, seed, look)
     expert, frames, success_at = Expert(env, TASKS[env.task]["expert"]), [], None
+    rng = np.random.default_rng([seed, 1])
     for t in range(TASKS[env.task]["horizon"]):
         a, state, o = expert.act(obs), env.sim.get_state().flatten(), obs
-        obs, reward, _, _ = env.step(a)
+        executed = a.copy()
+        executed[:3] = np.clip(a[:3] + noise * rng.standard_normal(3), -1, 1) if noise else a[:3]
+        obs, reward, _, _ = env.step(executed)
         if record:
             frames.append(dict(obs=observation(o, env.cameras), object=o["object-state"], action=a, state=state,
                                reward=reward))
@@ -230,13 +235,14 @@ def rollout(env, seed, look=None, record=False):
 # -----------------------------------------------------------------------------
 # the demo collector (robomimic's layout; successful demos only; resumable)
 
-def write_demo(f, task, seed, look, frames, cameras):
+def write_demo(f, task, seed, look, frames, cameras, noise=0.0):
     """frames (from rollout) -> data/demo_k, k = the number of demos so far. num_samples is written last:
     a demo without it is incomplete (interrupted mid-write) and is dropped by drop_incomplete."""
     data = f["data"]
     g = data.create_group(f"demo_{len(data)}")
     T = len(frames)
-    g.attrs.update(instruction=TASKS[task]["instruction"], task=task, seed=seed, appearance=json.dumps(look))
+    g.attrs.update(instruction=TASKS[task]["instruction"], task=task, seed=seed, appearance=json.dumps(look),
+                   action_noise=noise)
     g["actions"] = np.stack([fr["action"] for fr in frames]).astype(np.float32)   # (T, 7)
     g["states"] = np.stack([fr["state"] for fr in frames])                        # (T, S) float64
     g["rewards"] = np.array([fr["reward"] for fr in frames], np.float32)          # (T,)
@@ -261,10 +267,10 @@ _ENVS = {}   # a collection worker's envs, one per task, made on first use
 
 def _episode(job):
     """In a worker process: one scripted episode with cameras; its frames come back if it succeeded."""
-    task, seed, look, image_size, cameras = job
+    task, seed, look, image_size, cameras, noise = job
     if task not in _ENVS:
         _ENVS[task] = make_env(task, image_size, cameras)
-    success, steps, frames = rollout(_ENVS[task], seed, look, record=True)
+    success, steps, frames = rollout(_ENVS[task], seed, look, record=True, noise=noise)
     return task, seed, look, success, frames if success else None
 
 
@@ -317,10 +323,10 @@ def collect(args, tasks, cameras):
                         tried[t] += 1
                         if (t, seed) not in done:
                             look = appearance("seen", seed) if not args.no_appearance else None
-                            jobs.append((t, seed, look, args.image_size, cameras))
+                            jobs.append((t, seed, look, args.image_size, cameras, args.noise))
                 for t, seed, look, success, frames in (pool.imap(_episode, jobs) if pool else map(_episode, jobs)):
                     if success:
-                        write_demo(f, t, seed, look, frames, cameras)
+                        write_demo(f, t, seed, look, frames, cameras, args.noise)
                         have[t] += 1
                         bar.update(1)
                     bar.set_postfix(kept={t: have[t] for t in tasks})
@@ -368,6 +374,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="first collection episode index (seeds: episode_seed)")
     ap.add_argument("--workers", type=int, default=2, help="episode worker processes (1: in this process)")
     ap.add_argument("--no-appearance", action="store_true", help="keep robosuite's stock look")
+    ap.add_argument("--noise", type=float, default=0.0, help="std of the noise on the executed xyz actions (DART)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument("--extend", action="store_true", help="add demos to an existing --out (skips its seeds)")
     ap.add_argument("--measure-experts", action="store_true", help="success of the scripted experts (no cameras, no file)")
@@ -376,7 +383,7 @@ def main():
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         die(f"unknown task {', '.join(unknown)}: choose from {', '.join(TASKS)}")
-    for k, (lo, hi) in dict(episodes=(1, 10**6), workers=(1, 256), image_size=(16, 2048), seed=(0, 50_000)).items():
+    for k, (lo, hi) in dict(episodes=(1, 10**6), workers=(1, 256), image_size=(16, 2048), seed=(0, 50_000), noise=(0, 1)).items():
         if not lo <= getattr(args, k) <= hi:
             die(f"--{k.replace('_', '-')} must be in [{lo}, {hi}] (got {getattr(args, k)})")
     if args.measure_experts:

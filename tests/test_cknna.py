@@ -239,7 +239,7 @@ def test_cknna_command_on_two_checkpoints(synthetic, tmp_path):
         assert r.returncode == 0, r.stderr
     out = tmp_path / "fig"
     r = subprocess.run([sys.executable, "cknna.py", str(tmp_path / "base" / "ckpt.pt"), str(tmp_path / "rscl" / "ckpt.pt"),
-                        "--data", synthetic, "--n", "60", "--out", str(out)], cwd=root, capture_output=True, text=True)
+                        "--data", synthetic, "--n", "60", "--split", "all", "--out", str(out)], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     for png in ("alignment.png", "projection_base.png", "projection_rscl.png"):
         assert (out / png).stat().st_size > 10_000

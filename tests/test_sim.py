@@ -172,3 +172,19 @@ def test_collector_bad_input(tmp_path):
         assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
         assert all(w in lines[0] for w in words), (args, lines)
     assert existing.read_bytes() == b"precious" and not (tmp_path / "x.hdf5").exists()
+
+
+def test_dart_noise_perturbs_the_executed_actions_and_records_the_experts():
+    """rollout(noise > 0): the path leaves the expert's (other states), every recorded action is what the
+    expert says in the state it saw (the label is clean), and the noise is seeded by the episode."""
+    env = sim.make_env("lift", render=False)
+    clean = sim.rollout(env, 3, record=True)[2]
+    noisy = sim.rollout(env, 3, record=True, noise=0.3)[2]
+    again = sim.rollout(env, 3, record=True, noise=0.3)[2]
+    assert not np.allclose(clean[5]["state"], noisy[5]["state"])
+    assert all(np.array_equal(a["state"], b["state"]) for a, b in zip(noisy, again))
+    # the recorded action is the expert's P-control on the recorded state: within [-1, 1], and no noise in it
+    eef, cube = noisy[3]["obs"]["raw"]["robot0_eef_pos"], noisy[3]["object"][:3]
+    expected = np.clip((cube + [0, 0, 0.10] - eef) / 0.05 * 1.5, -1, 1)     # phase 0: above the cube
+    assert np.allclose(noisy[3]["action"][:3], expected, atol=1e-6)
+    env.close()
