@@ -28,8 +28,8 @@ import os
 
 import numpy as np
 
-from data import split_by_task
-from layouts import DataError, flip_images, layout_of, make_q, minmax_stats, parse_key
+from data import DemoDataset, split_by_task
+from layouts import DataError, flip_images, layout_of, make_q, parse_key
 
 VERSIONS = ("v2.0", "v2.1", "v3.0")
 
@@ -189,19 +189,8 @@ class LeRobotDemos:
     def __len__(self):
         return len(self.index)
 
-    def task_groups(self):
-        """Sample indices of each task: {task: int array}, for task-balanced batches."""
-        sample_task = np.array([self.tasks[d] for d, _ in self.index])
-        return {t: np.flatnonzero(sample_task == t) for t in dict.fromkeys(self.tasks)}
-
-    def stats(self):
-        """Min-max statistics of q and actions over this split (see layouts.minmax_stats)."""
-        return minmax_stats(np.concatenate(self.q), np.concatenate(self.actions))
-
-    def chunk(self, d, t):
-        """A (H, a): actions t .. t+H-1, the last action repeated past the end of the episode."""
-        acts = self.actions[d]
-        return acts[np.minimum(np.arange(t, t + self.H), len(acts) - 1)]
+    # the same index, q and actions lists as DemoDataset: its methods serve as they are (no inheritance)
+    task_groups, stats, chunk = DemoDataset.task_groups, DemoDataset.stats, DemoDataset.chunk
 
     def fingerprint(self):
         """What the content is, for the feature cache's key: sha1 of meta/info.json and of every file's path and size."""
