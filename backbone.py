@@ -248,15 +248,19 @@ def dinov2_side(image_size, pool):
     return unit * max(1, round(image_size / unit))
 
 
+def dinov2_check(H, W, pool):
+    if H != W or H < 14 * pool:
+        raise ValueError(f"dinov2-s takes square images of at least {14 * pool} px (got {H} x {W}): "
+                         f"collect with sim.py --image-size 128, or lower --token-pool")
+
+
 def dinov2_features(model, images, pool):
     """images (B, V, H, W, 3) uint8 -> feats (B, V*n, D) patch tokens after the final LayerNorm, average-
     pooled pool x pool (n = (side / 14 / pool)^2 per view; no CLS), mask (B, V*n), views (B, V, 2).
     Vision only: the instruction is not part of these features (as with siglip2)."""
     x = torch.as_tensor(np.asarray(images.cpu() if torch.is_tensor(images) else images))
     B, V, H, W, _ = x.shape
-    if H != W or H < 14 * pool:
-        raise ValueError(f"dinov2-s takes square images of at least {14 * pool} px (got {H} x {W}): "
-                         f"collect with sim.py --image-size 128, or lower --token-pool")
+    dinov2_check(H, W, pool)
     dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     x = x.to(dev).view(B * V, H, W, 3).permute(0, 3, 1, 2).float() / 255           # (B*V, 3, H, W)
     side = dinov2_side(H, pool)
@@ -304,6 +308,11 @@ class Backbone(nn.Module):
 
     def train(self, mode=True):
         return super().train(False)   # never leaves eval mode
+
+    def check_images(self, shape):
+        """ValueError with one clear line if images of shape (H, W, 3) cannot be encoded."""
+        if self.family == "dinov2":
+            dinov2_check(shape[0], shape[1], self.pool)
 
     @property
     def device(self):

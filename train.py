@@ -188,6 +188,7 @@ def main():
                       horizon=args.horizon, state_dim=train_ds.q[0].shape[1])
     try:
         policy = Policy(cfg, device=device)
+        policy.backbone.check_images(train_ds.image_shape)
     except (WeightsNotFound, ValueError) as e:
         die(str(e))
     if args.resume:

@@ -169,3 +169,16 @@ def test_dinov2_bad_weights_and_images(tmp_path, dinov2):
         dinov2(np.zeros((1, 1, 64, 48, 3), np.uint8), [""])
     with pytest.raises(ValueError, match="only dinov2-s pools"):
         Backbone("tiny", pool=2)
+
+
+def test_dinov2_image_size_it_cannot_take_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from data import write_synthetic
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = write_synthetic(str(tmp_path / "tiny_images.hdf5"), n_demos=4, T=6, image_size=16, cameras=("agentview",))
+    r = subprocess.run([sys.executable, "train.py", "--backbone", "dinov2-s", "--token-pool", "2", "--data", data,
+                        "--cameras", "agentview", "--max-iters", "2", "--out", str(tmp_path / "run")],
+                       cwd=root, capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "at least 28 px" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and not (tmp_path / "run").exists()
