@@ -69,7 +69,7 @@ def test_outputs_are_refused_or_replaced_whole_never_mixed(run, synthetic, tmp_p
 
 def fake_episode(job):
     """sim._episode without robosuite: a successful 3-step episode of zeros."""
-    task, seed, look, image_size, cameras = job
+    task, seed, look, image_size, cameras, noise = job
     raw = dict(robot0_eef_pos=np.zeros(3), robot0_eef_quat=np.array([0, 0, 0, 1.0]), robot0_gripper_qpos=np.zeros(2))
     frame = dict(action=np.zeros(7), state=np.zeros(5), reward=1.0, object=np.zeros(3),
                  obs=dict(raw=raw, images=np.zeros((len(cameras), image_size, image_size, 3), np.uint8)))
