@@ -39,6 +39,7 @@ def write_qwen_folder(path, arch):
 def test_tiny_truncated_features_equal_the_full_models_hidden_state():
     from transformers import Qwen2_5_VLModel
     bb = Backbone("tiny")
+    bb.cpu_bf16 = False   # exact float32: this test pins which layer and norm the features come from
     cfg = tiny_qwen_config()
     torch.manual_seed(123)
     full = Qwen2_5_VLModel(cfg).eval()                                # all 4 LLM layers, other weights
@@ -146,6 +147,22 @@ def test_dinov2_tokens_views_and_pooling(dinov2):
         t = dinov2.model(pixel_values=(x - mean) / std).last_hidden_state[0, 1:].view(10, 10, 384)
     assert torch.allclose(f2[0, 0], t[:2, :2].reshape(4, 384).mean(0), atol=1e-5)     # top-left pooled token
     assert torch.allclose(f2[0, 24], t[8:, 8:].reshape(4, 384).mean(0), atol=1e-5)    # bottom-right
+
+
+def test_cpu_bf16_features_stay_close_to_float32(dinov2):
+    """Where the CPU has native bf16 the frozen encoder runs under bf16 autocast: same tokens, float32 out, and
+    within 2% of the exact float32 features (cosine > 0.999 per token)."""
+    from backbone import cpu_bf16, dinov2_features
+    if not cpu_bf16():
+        pytest.skip("this CPU has no native bf16 matmuls: the backbone runs in float32")
+    images = np.random.default_rng(1).integers(0, 255, (2, 2, 128, 128, 3), dtype=np.uint8)
+    assert dinov2.cpu_bf16
+    fast, _, _ = dinov2(images, ["", ""])
+    exact, _, _ = dinov2_features(dinov2.model, images, dinov2.pool)        # float32, no autocast
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    assert ((fast - exact).norm() / exact.norm()).item() < 0.02
+    assert torch.nn.functional.cosine_similarity(fast, exact, dim=-1).min().item() > 0.999
+    assert not torch.equal(fast, exact)   # the bf16 path did run
 
 
 def test_dinov2_cut_after_layer_k_equals_the_full_models_normed_hidden_state(dinov2):
