@@ -36,6 +36,8 @@ def cache_key(backbone, ds, split):
                 split=split, demos=ds.demos, version=2)
     if getattr(ds, "flip", "none") != "none":   # flipped frames give other features (only then: old keys stay valid)
         spec["flip"] = ds.flip
+    if getattr(backbone, "cpu_bf16", False):     # bf16 features on a CPU differ from float32 ones by ~0.6%
+        spec["cpu_bf16"] = True
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16], spec
 
 

@@ -16,22 +16,30 @@ import torch.nn.functional as F
 
 
 # --- RS-CL: soft InfoNCE ---
-def rscl_loss(z, z_tilde, q, beta=1.0, tau=0.2):
+def rscl_loss(z, z_tilde, q, beta=1.0, tau=0.2, scale="none"):
     """z, z_tilde (B, d) embeddings of the clean and cut-off views; q (B, k) the robot state that
     sets the soft targets (None = identity targets, i.e. plain InfoNCE) -> scalar loss."""
     B = z.shape[0]
-    W = soft_weights(q, beta, B, z.device).to(z.dtype)                      # (B, B), rows sum to 1
+    W = soft_weights(q, beta, B, z.device, scale).to(z.dtype)               # (B, B), rows sum to 1
     sim = F.normalize(z, dim=-1) @ F.normalize(z_tilde, dim=-1).T          # (B, B) cos(z_i, z_tilde_j)
     log_p = F.log_softmax(sim / tau, dim=-1)                                # (B, B) over candidates j
     return -(W * log_p).sum(dim=-1).mean()
 
 
-def soft_weights(q, beta, B=None, device=None):
-    """q (B, k) -> W (B, B) with W_ij = softmax_j(-||q_i - q_j|| / beta); q None -> identity."""
+def soft_weights(q, beta, B=None, device=None, scale="none"):
+    """q (B, k) -> W (B, B) with W_ij = softmax_j(-||q_i - q_j|| / beta); q None -> identity.
+    scale "median" divides the distances by their median over the pairs i != j first, so beta counts in
+    units of the batch's typical distance (a scale-free temperature: the same sharpness whatever the
+    state's dimension and range); "none" is the paper's."""
     if q is None:
         return torch.eye(B, device=device)
     q = q.to(torch.promote_types(q.dtype, torch.float32))                 # float64 stays float64
     d = (q[:, None, :] - q[None, :, :]).norm(dim=-1)                       # (B, B) exact, no cdist tricks
+    if scale == "median":
+        off = ~torch.eye(len(q), dtype=torch.bool, device=q.device)
+        d = d / d[off].median().clamp_min(1e-12)
+    elif scale != "none":
+        raise ValueError(f"unknown distance scale '{scale}': choose none or median")
     return F.softmax(-d / beta, dim=-1)
 
 
@@ -39,6 +47,21 @@ def weight_entropy(W):
     """Mean entropy (nats) of the soft-target rows. exp(entropy) is the effective number of
     positives: 1 = one-hot (plain InfoNCE), B = uniform (the loss cannot go below log B, it teaches nothing)."""
     return -(W * W.clamp_min(1e-12).log()).sum(-1).mean()
+
+
+@torch.no_grad()
+def rscl_diagnostics(z, z_tilde, W, loss):
+    """What tells whether RS-CL can still teach anything, as floats for the log. W (B, B) the soft targets.
+      w_entropy    mean entropy of W's rows (nats): the floor of the loss (log B: uniform targets)
+      n_pos        exp(entropy) of each row, averaged: effective positives per anchor (1: InfoNCE, B: uniform)
+      rscl_excess  loss - w_entropy = mean_i KL(w_i || p_i) >= 0: the part of the loss left to learn
+      cos_z        mean cos(z_i, z_tilde_i): the diagonal, which the loss drives up by design
+      cos_off, cos_off_std  mean and spread of cos(z_i, z_tilde_j), i != j: both near 1 and 0 = collapse"""
+    H = -(W * W.clamp_min(1e-12).log()).sum(-1)                             # (B,) entropy of each row
+    C = F.normalize(z.float(), dim=-1) @ F.normalize(z_tilde.float(), dim=-1).T   # (B, B)
+    off = C[~torch.eye(len(C), dtype=torch.bool, device=C.device)]          # (B (B - 1),)
+    return dict(w_entropy=H.mean(), n_pos=H.exp().mean(), rscl_excess=loss.detach() - H.mean(),
+                cos_z=C.diagonal().mean(), cos_off=off.mean(), cos_off_std=off.std())
 
 
 # --- cutoff: representation-level augmentation after the frozen backbone ---
@@ -69,6 +92,6 @@ def cutoff(feats, mask, views, kind="view", ratio=0.1, generator=None):
     return feats.masked_fill(drop[..., None], 0.0)
 
 
-def rscl_lambda(step, max_steps):
-    """The RS-CL weight: cosine from 1 at step 0 to 0 at max_steps."""
-    return 0.5 * (1 + math.cos(math.pi * min(step, max_steps) / max_steps))
+def rscl_lambda(step, max_steps, floor=0.0):
+    """The RS-CL weight: cosine from 1 at step 0 to `floor` at max_steps (the paper: floor 0)."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, max_steps) / max_steps))

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from backbone import Backbone, BACKBONES
-from loss import rscl_loss, soft_weights, cutoff, weight_entropy
+from loss import cutoff, rscl_diagnostics, rscl_loss, soft_weights
 
 # -----------------------------------------------------------------------------
 # configuration: the model's shape in one dataclass, named sizes in a plain dict
@@ -203,6 +203,12 @@ class DiT(nn.Module):
         return self.head(self.ln_out(tokens[:, -H:]) * (1 + scale) + shift)       # (B, H, a)
 
 
+def masked_mean(x, mask):
+    """x (B, N, D), mask (B, N) True = real token -> the mean over real tokens (B, D)."""
+    m = mask[..., None].to(x.dtype)                                  # (B, N, 1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1)
+
+
 def flow_path(A, eps, tau):
     """The straight path from noise (tau = 0) to data (tau = 1): x_tau and its velocity dx/dtau."""
     return (1 - tau) * eps + tau * A, A - eps
@@ -277,11 +283,13 @@ class Policy(nn.Module):
         return (x + 1) / 2 * (hi - lo).clamp_min(1e-6) + lo
 
     # --- the training objective ---
-    def forward(self, feats, mask, views, q, A, rscl="none", cutoff_kind="view", beta=1.0, tau=0.2):
+    def forward(self, feats, mask, views, q, A, rscl="none", cutoff_kind="view", beta=1.0, tau=0.2, beta_scale="none",
+                rscl_on="u"):
         """feats (B, N, D) backbone features, mask (B, N), views (B, V, 2) token slice of each view,
         q (B, 10) and A (B, H, a) normalised to [-1, 1].
         rscl: 'none' (baseline), 'proprio' (RS-CL), 'infonce' (identity targets), 'action' (next-action weights).
-        Returns a dict of scalars: loss_fm, loss_rscl and the diagnostics."""
+        rscl_on: 'u' (the paper: the summarization token's output w) or 'pooled-h' (the mean of h over real
+        tokens, the representation CKNNA measures). Returns a dict of scalars: loss_fm, loss_rscl, diagnostics."""
         h, w = self.adapter(feats, mask)                                 # (B, N, D), (B, D)
         # --- flow matching (tau = 0 noise, tau = 1 data) ---
         B = A.shape[0]
@@ -294,15 +302,14 @@ class Policy(nn.Module):
         if rscl == "none":
             return out
         # --- RS-CL: a second adapter pass on cut-off features; no second backbone pass ---
-        z = self.projector(w)                                            # (B, 128)
-        _, w_tilde = self.adapter(cutoff(feats, mask, views, cutoff_kind), mask)
-        z_tilde = self.projector(w_tilde)                                # (B, 128)
+        h_tilde, w_tilde = self.adapter(cutoff(feats, mask, views, cutoff_kind), mask)
+        if rscl_on == "pooled-h":
+            w, w_tilde = masked_mean(h, mask), masked_mean(h_tilde, mask)   # (B, D) each
+        z, z_tilde = self.projector(w), self.projector(w_tilde)          # (B, 128) each
         target = {"proprio": q, "action": A[:, 0], "infonce": None}[rscl]   # A[:, 0]: the next action
-        out["loss_rscl"] = rscl_loss(z.float(), z_tilde.float(), target, beta=beta, tau=tau)
-        with torch.no_grad():
-            W = soft_weights(target, beta, B, z.device)
-            out["w_entropy"] = weight_entropy(W)                          # nats; log(B) = uniform
-            out["cos_z"] = F.cosine_similarity(z.float(), z_tilde.float(), dim=-1).mean()
+        out["loss_rscl"] = rscl_loss(z.float(), z_tilde.float(), target, beta=beta, tau=tau, scale=beta_scale)
+        W = soft_weights(target, beta, B, z.device, beta_scale)
+        out.update(rscl_diagnostics(z, z_tilde, W, out["loss_rscl"]))
         return out
 
     # --- inference ---

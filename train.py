@@ -5,7 +5,7 @@ Train the RS-CL policy: flow matching on action chunks, plus lambda * RS-CL with
     python train.py --backbone qwen2.5-vl-3b --rscl          # one GPU, the paper's sizes
     torchrun --nproc_per_node 8 train.py --backbone qwen2.5-vl-3b --rscl   # several GPUs
 
-A plain nanoGPT-shaped loop: bf16 autocast on CUDA, AdamW (GR00T's hyper-parameters, no decay on
+A plain nanoGPT-shaped loop: bf16 autocast on CUDA (and on CPUs with native bf16 matmuls), AdamW (GR00T's hyper-parameters, no decay on
 biases and norms), warm-up then cosine lr, gradient clipping and accumulation, periodic validation,
 atomic checkpoints of plain types, exact --resume, a tqdm bar and a JSONL log in the run folder.
 """
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backbone import BACKBONES, WeightsNotFound
+from backbone import BACKBONES, WeightsNotFound, cpu_bf16
 from data import Batches, DataError, open_dataset
 from features import build_cache
 from layouts import FLIPS, LAYOUTS, ORIENTATIONS
@@ -56,6 +56,11 @@ p.add_argument("--rscl-target", default="proprio", choices=["proprio", "infonce"
 p.add_argument("--cutoff", default="view", choices=["view", "token", "span"], help="augmentation for z_tilde")
 p.add_argument("--beta", type=float, default=1.0, help="temperature of the soft weights")
 p.add_argument("--tau", type=float, default=0.2, help="temperature of the cosine similarities")
+p.add_argument("--beta-scale", default="none", choices=["none", "median"],
+               help="median: state distances divided by the batch's median first (beta becomes scale-free)")
+p.add_argument("--lambda-floor", type=float, default=0.0, help="lambda decays from 1 to this (the paper: 0)")
+p.add_argument("--rscl-on", default="u", choices=["u", "pooled-h"],
+               help="what z is projected from: u's output w (the paper) or h mean-pooled (what CKNNA measures)")
 p.add_argument("--data", default="data/demos.hdf5")
 p.add_argument("--layout", default="", help=f"the data's layout, one of {', '.join(LAYOUTS)} (default: robomimic for "
                                             f"an HDF5 file, lerobot for a LeRobot dataset folder); see layouts.py")
@@ -92,6 +97,8 @@ p.add_argument("--ckpt-every", type=int, default=200)
 p.add_argument("--cknna-every", type=int, default=0, help="CKNNA of pooled h vs q on the validation set every K steps")
 p.add_argument("--device", default="auto")
 p.add_argument("--seed", type=int, default=0)
+p.add_argument("--precision", default="auto", choices=["auto", "fp32"],
+               help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX); fp32: none")
 p.add_argument("--compile", action="store_true", help="torch.compile the training forward (adapter, DiT, losses)")
 args = p.parse_args()
 args.size = args.size or ("tiny" if args.backbone in ("tiny", "dinov2-s") else "paper")   # CPU backbones: tiny
@@ -108,7 +115,7 @@ def check_args(a):
         if getattr(a, k) < lo:
             die(f"--{k.replace('_', '-')} must be at least {lo} (got {getattr(a, k)})")
     for k, lo, hi in (("lr", 1e-30, 1e30), ("beta", 1e-30, 1e30), ("tau", 1e-30, 1e30), ("grad_clip", 1e-30, 1e30),
-                      ("warmup", 0, 1), ("weight_decay", 0, 1e30), ("adapter_dropout", 0, 0.99)):
+                      ("warmup", 0, 1), ("lambda_floor", 0, 1), ("weight_decay", 0, 1e30), ("adapter_dropout", 0, 0.99)):
         if not lo <= getattr(a, k) <= hi:   # NaN fails every comparison
             die(f"--{k.replace('_', '-')} must be in [{lo:g}, {hi:g}] (got {getattr(a, k)})")
     if a.stop_after > a.max_iters:
@@ -222,7 +229,8 @@ def main():
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.startswith("cuda") and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    bf16 = args.precision == "auto" and (device.startswith("cuda") or cpu_bf16())   # fp32 master weights either way
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def get_lr(it):
         """Linear warm-up for args.warmup of the run, then cosine to 0."""
@@ -253,7 +261,7 @@ def main():
     def losses(m, batch):
         with autocast:
             return m(*batch, rscl=args.rscl_target if args.rscl else "none", cutoff_kind=args.cutoff,
-                     beta=args.beta, tau=args.tau)
+                     beta=args.beta, tau=args.tau, beta_scale=args.beta_scale, rscl_on=args.rscl_on)
 
     @torch.no_grad()
     def evaluate(n_batches=args.eval_iters):
@@ -354,7 +362,7 @@ def main():
         lr = get_lr(it)
         for g in opt.param_groups:
             g["lr"] = lr
-        lam = rscl_lambda(it, args.max_iters) if args.rscl else 0.0
+        lam = rscl_lambda(it, args.max_iters, args.lambda_floor) if args.rscl else 0.0
         finite = torch.ones((), dtype=torch.bool, device=device)
         for micro in range(args.grad_accum):
             if ddp:   # all-reduce gradients on the last micro-step only

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from data import DemoDataset, collate
-from loss import cutoff, rscl_lambda, rscl_loss, soft_weights
+from loss import cutoff, rscl_diagnostics, rscl_lambda, rscl_loss, soft_weights, weight_entropy
 from model import Policy, euler, flow_path, make_config
 
 CAMS = ["agentview", "frontview", "robot0_eye_in_hand"]
@@ -45,6 +45,41 @@ def test_soft_weight_rows_sum_to_one_and_favour_near_states():
 
 def test_lambda_schedule_is_cosine_from_one_to_zero():
     assert rscl_lambda(0, 100) == 1.0 and abs(rscl_lambda(50, 100) - 0.5) < 1e-12 and rscl_lambda(100, 100) < 1e-12
+    assert rscl_lambda(0, 100, 0.2) == 1.0 and abs(rscl_lambda(50, 100, 0.2) - 0.6) < 1e-12
+    assert abs(rscl_lambda(100, 100, 0.2) - 0.2) < 1e-12 and abs(rscl_lambda(500, 100, 0.2) - 0.2) < 1e-12
+
+
+def test_median_scaled_weights_are_scale_free():
+    torch.manual_seed(2)
+    q = torch.rand(16, 10) * 2 - 1
+    W = soft_weights(q, 0.3, scale="median")
+    assert torch.allclose(W, soft_weights(100 * q, 0.3, scale="median"), atol=1e-6)   # any unit of q
+    assert not torch.allclose(soft_weights(q, 0.3), soft_weights(100 * q, 0.3))       # the paper's is not
+    d = torch.cdist(q.double(), q.double())
+    med = d[~torch.eye(16, dtype=torch.bool)].median()
+    assert torch.allclose(W.double(), torch.softmax(-d / med / 0.3, -1), atol=1e-6)
+    with pytest.raises(ValueError, match="median"):
+        soft_weights(q, 1.0, scale="mean")
+
+
+def test_diagnostics_floor_excess_positives_and_off_diagonal_cosines():
+    torch.manual_seed(3)
+    B = 8
+    z, zt, q = torch.randn(B, 16), torch.randn(B, 16), torch.randn(B, 10)
+    W = soft_weights(q, 1.0)
+    loss = rscl_loss(z, zt, q, beta=1.0)
+    d = rscl_diagnostics(z, zt, W, loss)
+    p = torch.softmax(F.normalize(z, dim=-1) @ F.normalize(zt, dim=-1).T / 0.2, -1)
+    kl = (W * (W.log() - p.log())).sum(-1).mean()                          # KL(w_i || p_i), averaged
+    assert torch.allclose(d["rscl_excess"], kl, atol=1e-5) and d["rscl_excess"] >= 0
+    assert torch.allclose(d["w_entropy"], weight_entropy(W))
+    assert abs(float(rscl_diagnostics(z, zt, torch.full((B, B), 1 / B), loss)["n_pos"]) - B) < 1e-4   # uniform
+    assert abs(float(rscl_diagnostics(z, zt, torch.eye(B), loss)["n_pos"]) - 1) < 1e-6                # InfoNCE
+    C = F.normalize(z, dim=-1) @ F.normalize(zt, dim=-1).T
+    off = C[~torch.eye(B, dtype=torch.bool)]
+    assert torch.allclose(d["cos_z"], C.diagonal().mean()) and torch.allclose(d["cos_off"], off.mean())
+    collapsed = rscl_diagnostics(z[[0] * B], 3 * z[[0] * B], W, loss)     # every embedding alike: collapse
+    assert abs(float(collapsed["cos_off"]) - 1) < 1e-6 and float(collapsed["cos_off_std"]) < 1e-6
 
 
 # --- cutoff ---
@@ -105,6 +140,17 @@ def test_backbone_is_frozen_and_stays_in_eval_mode(policy, synthetic):
     assert all(p.grad is None for p in policy.backbone.parameters())
     assert policy.adapter.u.grad is not None and policy.dit.head.weight.grad is not None
     policy.zero_grad(set_to_none=True)
+
+
+def test_rscl_on_pooled_h_trains_the_adapter_tokens(policy, synthetic):
+    b, feats, mask, views, q, A = batch_of(policy, synthetic)
+    torch.manual_seed(0)
+    out = policy(feats, mask, views, q, A, rscl="proprio", rscl_on="pooled-h", beta_scale="median")
+    out["loss_rscl"].backward()                                           # RS-CL alone: no flow-matching gradient
+    assert policy.adapter.blocks[-1].mlp[0].weight.grad.abs().max() > 0
+    assert policy.dit.head.weight.grad is None                           # the DiT is not in the RS-CL path
+    policy.zero_grad(set_to_none=True)
+    assert {"n_pos", "rscl_excess", "cos_off", "cos_off_std"} <= set(out)
 
 
 def test_views_locate_each_cameras_tokens(policy, synthetic):
