@@ -11,7 +11,6 @@ a GIF of the first episodes with every camera view side by side.
 """
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import re
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 import sim
 from model import Policy
+from stats import wilson
 
 
 def die(msg, code=2):
@@ -65,16 +65,6 @@ def swap_in(new, out):
         os.rename(out, out + ".old")
     os.rename(new, out)
     shutil.rmtree(out + ".old", ignore_errors=True)
-
-
-def wilson(k, n, z=1.96):
-    """95% Wilson score interval of a binomial proportion k / n."""
-    if n == 0:
-        return 0.0, 0.0
-    p_hat = k / n
-    centre = (p_hat + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p_hat * (1 - p_hat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""
+Interval estimates for the results this project reports: success rates (binomial), differences of
+success rates between two policies, and differences of per-seed means. Plain math, no SciPy.
+
+    wilson(k, n)                     -> 95% interval of a success rate k / n
+    newcombe(k1, n1, k2, n2)         -> 95% interval of the difference k1/n1 - k2/n2
+    mean_diff_interval(xs, ys)       -> 95% interval of mean(xs) - mean(ys) (Welch)
+"""
+import math
+
+Z95 = 1.959964   # the standard normal's 97.5% quantile
+
+
+def wilson(k, n, z=Z95):
+    """95% Wilson score interval of a binomial proportion k / n (good at small n and at 0 or n)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe(k1, n1, k2, n2, z=Z95):
+    """95% interval of p1 - p2 for two independent proportions: Newcombe's hybrid score method (his
+    method 10, 1998), built from the two Wilson intervals. Returns (difference, low, high)."""
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = wilson(k1, n1, z), wilson(k2, n2, z)
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def t_quantile(df, p=0.975):
+    """Student's t quantile by bisection on its CDF (regularised incomplete beta by continued fraction)."""
+    def cdf(t):
+        x = df / (df + t * t)
+        return 1 - 0.5 * _betainc(df / 2, 0.5, x) if t > 0 else 0.5 * _betainc(df / 2, 0.5, x)
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _betainc(a, b, x):
+    """Regularised incomplete beta I_x(a, b) (Numerical Recipes' continued fraction, Lentz's method)."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x))
+    if x > (a + 1) / (a + b + 2):
+        return 1 - _betainc(b, a, 1 - x)
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1 + num * d
+        d = 1 / (d if abs(d) > 1e-300 else 1e-300)
+        c = 1 + num / (c if abs(c) > 1e-300 else 1e-300)
+        f *= c * d
+        if abs(1 - c * d) < 1e-14:
+            break
+    return front * (f - 1) / a
+
+
+def mean_diff_interval(xs, ys, p=0.975):
+    """95% Welch interval of mean(xs) - mean(ys) (e.g. per-seed CKNNA of two variants). Returns
+    (difference, low, high); NaN bounds when either side has fewer than 2 values."""
+    nx, ny = len(xs), len(ys)
+    mx, my = sum(xs) / nx, sum(ys) / ny
+    if nx < 2 or ny < 2:
+        return mx - my, float("nan"), float("nan")
+    vx = sum((x - mx) ** 2 for x in xs) / (nx - 1) / nx
+    vy = sum((y - my) ** 2 for y in ys) / (ny - 1) / ny
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return mx - my, mx - my, mx - my
+    df = se ** 4 / ((vx ** 2) / (nx - 1) + (vy ** 2) / (ny - 1))   # Welch-Satterthwaite
+    h = t_quantile(df, p) * se
+    return mx - my, mx - my - h, mx - my + h
+
+
+def verdict(low, high):
+    """A claim 'A > B' from the interval of A - B: reproduced (all above 0), contradicted (all below 0),
+    inconclusive (the interval holds 0)."""
+    return "reproduced" if low > 0 else "contradicted" if high < 0 else "inconclusive"

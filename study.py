@@ -1,0 +1,296 @@
+"""
+Does RS-CL reproduce? A grid of variants x seeds, each trained by train.py, evaluated in closed loop by
+evaluate.py (seen and unseen looks, the same fixed episode seeds for every variant) and measured by
+cknna.py (held-out demos of every task); then one table, the paper's claims with intervals, and figures.
+
+    python study.py --preset paper-ablations --seeds 3        # -> study/paper-ablations/
+    python study.py --preset core --seeds 3                   # baseline vs RS-CL vs sharper RS-CL
+    python study.py --preset main --seeds 1 --out runs/main   # what main.sh runs
+
+Re-running continues: finished trainings, evaluations and scores are kept (a half-trained run resumes).
+Every variant is a set of train.py flags (VARIANTS); study.py adds no method code of its own.
+Output: <out>/runs/<variant>-s<seed>/ (checkpoints, logs, evaluations: git-ignored), and <out>/results.json,
+<out>/table.md, <out>/success.png, <out>/cknna.png, <out>/rscl_floor.png (small: commit them).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from stats import mean_diff_interval, newcombe, verdict, wilson
+
+# -----------------------------------------------------------------------------
+# the grid: variants are train.py flags; presets are lists of variants plus the evaluation's size
+
+RECIPE = ["--backbone", "dinov2-s", "--cameras", "agentview,robot0_eye_in_hand", "--token-pool", "2",
+          "--adapter-dropout", "0.0", "--lr", "1e-3", "--cache-features"]   # the CPU default (README, recipe table)
+VARIANTS = {
+    "baseline": [],
+    "rscl": ["--rscl"],                                            # the paper: beta 1, tau 0.2, view cutoff, cosine lambda
+    "rscl-sharp": ["--rscl", "--beta-scale", "median", "--beta", "0.3"],   # sharper, scale-free soft targets
+    "rscl-beta0.3": ["--rscl", "--beta", "0.3"],
+    "rscl-floor": ["--rscl", "--lambda-floor", "0.25"],
+    "rscl-pooled-h": ["--rscl", "--rscl-on", "pooled-h"],
+    "infonce": ["--rscl", "--rscl-target", "infonce"],              # identity targets
+    "action": ["--rscl", "--rscl-target", "action"],                # next-action distances
+    "token": ["--rscl", "--cutoff", "token"],
+    "span": ["--rscl", "--cutoff", "span"],
+}
+PRESETS = {
+    "main": dict(variants=["rscl", "baseline"], episodes=50, unseen=20),
+    "core": dict(variants=["baseline", "rscl", "rscl-sharp"], episodes=50, unseen=50),
+    "paper-ablations": dict(variants=["baseline", "rscl", "rscl-sharp", "infonce", "action", "token", "span",
+                                      "rscl-beta0.3", "rscl-floor", "rscl-pooled-h"], episodes=50, unseen=50),
+}
+# the paper's claims, each "A beats B" on a metric (success on seen looks, or CKNNA(h, q))
+CLAIMS = [("RS-CL aligns h with q (CKNNA)", "rscl", "baseline", "cknna_h"),
+          ("RS-CL raises success", "rscl", "baseline", "seen"),
+          ("RS-CL raises success on unseen looks", "rscl", "baseline", "unseen"),
+          ("plain InfoNCE beats the baseline", "infonce", "baseline", "seen"),
+          ("proprio weights beat plain InfoNCE", "rscl", "infonce", "seen"),
+          ("next-action weights are worse than InfoNCE", "infonce", "action", "seen"),
+          ("view cutoff beats token cutoff", "rscl", "token", "seen"),
+          ("view cutoff beats span cutoff", "rscl", "span", "seen"),
+          ("sharper targets beat the paper's", "rscl-sharp", "rscl", "seen"),
+          ("sharper targets align h with q more", "rscl-sharp", "rscl", "cknna_h")]
+
+
+def die(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+# -----------------------------------------------------------------------------
+# one run: train -> evaluate (seen, unseen) -> CKNNA, each step skipped when its output is complete
+
+def step_of(ckpt):
+    import torch
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["step"] if os.path.isfile(ckpt) else 0
+
+
+def episodes_in(path, task):
+    return json.load(open(path))["summary"][task]["episodes"] if os.path.isfile(path) else 0
+
+
+def call(cmd, dry):
+    print("$ " + " ".join(cmd), flush=True)
+    return 0 if dry else subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__))).returncode
+
+
+def run_one(a, variant, seed, folder):
+    """The commands of one run, each only if its result is missing. Returns None, or what failed."""
+    py, ckpt = sys.executable, os.path.join(folder, "ckpt.pt")
+    train = [py, "train.py", *RECIPE, *VARIANTS[variant], "--data", a.data, "--max-iters", str(a.iters),
+             "--seed", str(seed), "--out", folder, "--cache-dir", a.cache_dir, *a.train_args]
+    done = step_of(ckpt)
+    if done < a.iters:
+        resume = ["--resume"] if done else (["--overwrite"] if os.path.isdir(folder) else [])   # a killed first start
+        if call(train + resume, a.dry_run):
+            return "training"
+        if not a.dry_run and (at := step_of(ckpt)) < a.iters:   # stopped early (--stop-after, a kill): no evaluation yet
+            return f"training (stopped at step {at} of {a.iters})"
+    for task in a.tasks:
+        for look, n in (("seen", a.episodes), ("unseen", a.unseen)):
+            out = os.path.join(folder, f"eval-{task}-{look}")
+            if n and episodes_in(os.path.join(out, "results.json"), task) != n:
+                if call([py, "evaluate.py", ckpt, "--tasks", task, "--episodes", str(n), "--appearance", look,
+                         "--out", out, "--overwrite", "--videos", "2", *a.eval_args], a.dry_run):
+                    return f"evaluation ({task}, {look})"
+    out = os.path.join(folder, "cknna")
+    if not os.path.isfile(os.path.join(out, "scores.json")):
+        if call([py, "cknna.py", ckpt, "--data", a.data, "--split", "val", "--out", out, "--overwrite"], a.dry_run):
+            return "CKNNA"
+    return None
+
+
+def read_run(a, variant, seed, folder):
+    """What a finished run measured: success counts per task and look, CKNNA rows, final log values, curves."""
+    r = dict(variant=variant, seed=seed, folder=folder, success={}, cknna={})
+    for task in a.tasks:
+        for look in ("seen", "unseen"):
+            path = os.path.join(folder, f"eval-{task}-{look}", "results.json")
+            if os.path.isfile(path):
+                s = json.load(open(path))["summary"][task]
+                r["success"][f"{task}-{look}"] = [s["successes"], s["episodes"]]
+    path = os.path.join(folder, "cknna", "scores.json")
+    if os.path.isfile(path):
+        r["cknna"] = {row["representation"]: row["cknna"] for row in json.load(open(path))["rows"]}
+    rows = [json.loads(line) for line in open(os.path.join(folder, "log.jsonl"))] if os.path.isfile(
+        os.path.join(folder, "log.jsonl")) else []
+    last = lambda k: next((row[k] for row in reversed(rows) if k in row), None)
+    r["final"] = {k: last(k) for k in ("val_loss_fm", "val_loss_rscl", "val_w_entropy", "val_n_pos",
+                                        "val_rscl_excess", "val_cos_z", "val_cos_off", "val_cos_off_std")}
+    r["curve"] = {k: [[row["step"], row[k]] for row in rows if k in row and "val_loss_fm" not in row]
+                  for k in ("loss_rscl", "w_entropy")}
+    return r
+
+
+# -----------------------------------------------------------------------------
+# the report: pooled success with Wilson intervals, differences with Newcombe intervals, CKNNA over seeds
+
+def pooled(runs, key):
+    k = sum(r["success"][key][0] for r in runs if key in r["success"])
+    n = sum(r["success"][key][1] for r in runs if key in r["success"])
+    return k, n
+
+
+def compare(by_variant, a, b, metric, task):
+    """The interval of variant a minus variant b: success (pooled episodes, Newcombe) or CKNNA (seeds, Welch)."""
+    if metric == "cknna_h":
+        xs = [r["cknna"]["h"] for r in by_variant[a] if "h" in r["cknna"]]
+        ys = [r["cknna"]["h"] for r in by_variant[b] if "h" in r["cknna"]]
+        return mean_diff_interval(xs, ys) if xs and ys else None
+    (k1, n1), (k2, n2) = pooled(by_variant[a], f"{task}-{metric}"), pooled(by_variant[b], f"{task}-{metric}")
+    return newcombe(k1, n1, k2, n2) if n1 and n2 else None
+
+
+def report(a, runs):
+    by_variant = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], []).append(r)
+    task = a.tasks[0]
+    fmt = lambda k, n: f"{k}/{n} = {k / n:.2f} ({wilson(k, n)[0]:.2f}-{wilson(k, n)[1]:.2f})" if n else "-"
+    ms = lambda xs: f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1):.3f}" if len(xs) > 1 else (f"{xs[0]:.3f}" if xs else "-")
+    lines = [f"| variant | train.py flags | seeds | {task} seen (95% Wilson) | per seed | {task} unseen | "
+             f"CKNNA(h, q) | CKNNA(z, q) | val FM | n_pos | RS-CL excess |", "|" + "---|" * 11]
+    for v, rs in by_variant.items():
+        seeds = "/".join(f"{r['success'].get(f'{task}-seen', [0, 0])[0]}" for r in rs)
+        fin = lambda k: ms([r["final"][k] for r in rs if r["final"].get(k) is not None])
+        lines.append(f"| {v} | `{' '.join(VARIANTS[v]) or '(none)'}` | {len(rs)} | {fmt(*pooled(rs, f'{task}-seen'))} | "
+                     f"{seeds} | {fmt(*pooled(rs, f'{task}-unseen'))} | "
+                     f"{ms([r['cknna']['h'] for r in rs if 'h' in r['cknna']])} | "
+                     f"{ms([r['cknna']['z'] for r in rs if 'z' in r['cknna']])} | {fin('val_loss_fm')} | "
+                     f"{fin('val_n_pos')} | {fin('val_rscl_excess')} |")
+    claims = []
+    for name, x, y, metric in CLAIMS:
+        if x in by_variant and y in by_variant and (c := compare(by_variant, x, y, metric, task)):
+            d, lo, hi = c
+            claims.append(dict(claim=name, better=x, worse=y, metric=metric, difference=d, low=lo, high=hi,
+                               verdict=verdict(lo, hi) if np.isfinite(lo) else "inconclusive (one seed)"))
+    lines += ["", "| the paper's claim | metric | difference (95% interval) | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c['claim']} ({c['better']} vs {c['worse']}) | {c['metric']} | {c['difference']:+.3f} "
+              f"({c['low']:+.3f} to {c['high']:+.3f}) | {c['verdict']} |" for c in claims]
+    lines += ["", f"Success: {task} episodes pooled over seeds (fixed evaluation seeds shared by every variant), "
+              "Wilson intervals; differences of success: Newcombe's interval on the pooled episodes (it ignores "
+              "the spread between seeds: see the per-seed column). CKNNA: mean ± sd over seeds, k = 10, held-out "
+              "demos of every task; differences: Welch's interval over seeds. n_pos, RS-CL excess: the last "
+              "validation values (effective positives per anchor; loss minus the targets' entropy)."]
+    table = "\n".join(lines) + "\n"
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "table.md.tmp"), "w") as f:
+        f.write(table)
+    os.replace(os.path.join(a.out, "table.md.tmp"), os.path.join(a.out, "table.md"))
+    with open(os.path.join(a.out, "results.json.tmp"), "w") as f:
+        json.dump(dict(config=vars(a), runs=runs, claims=claims), f, indent=1)
+    os.replace(os.path.join(a.out, "results.json.tmp"), os.path.join(a.out, "results.json"))
+    plot(a, by_variant, task)
+    print(table)
+
+
+def plot(a, by_variant, task):
+    """success.png (pooled rate, Wilson bars, one dot per seed), cknna.png (per seed and mean), rscl_floor.png."""
+    from matplotlib.figure import Figure
+    names = list(by_variant)
+    x = np.arange(len(names))
+    fig = Figure(figsize=(max(6, 1.1 * len(names) + 2), 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, look in zip(axes, ("seen", "unseen")):
+        for i, v in enumerate(names):
+            k, n = pooled(by_variant[v], f"{task}-{look}")
+            if not n:
+                continue
+            lo, hi = wilson(k, n)
+            ax.errorbar(i, k / n, [[k / n - lo], [hi - k / n]], fmt="o", color="black", capsize=4, ms=7)
+            per = [r["success"][f"{task}-{look}"] for r in by_variant[v] if f"{task}-{look}" in r["success"]]
+            ax.scatter(i + np.linspace(-0.15, 0.15, len(per)), [s / m for s, m in per], color="C0", s=14, zorder=3)
+        ax.set_xticks(x, names, rotation=35, ha="right")
+        ax.set_title(f"{task}, {look} looks")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("success (pooled, 95% Wilson; dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(a.out, "success.png"), dpi=110)
+    fig = Figure(figsize=(max(6, 1.1 * len(names) + 2), 4.2))
+    axes = fig.subplots(1, 2)
+    for ax, rep in zip(axes, ("h", "z")):
+        for i, v in enumerate(names):
+            vals = [r["cknna"][rep] for r in by_variant[v] if rep in r["cknna"]]
+            if vals:
+                ax.scatter(i + np.linspace(-0.15, 0.15, len(vals)), vals, color="C0", s=14)
+                ax.hlines(np.mean(vals), i - 0.3, i + 0.3, color="black")
+        ax.set_xticks(x, names, rotation=35, ha="right")
+        ax.set_title(f"CKNNA({rep}, q), held-out demos (line: mean)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(a.out, "cknna.png"), dpi=110)
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    for c, v in enumerate(v for v in names if by_variant[v][0]["curve"]["loss_rscl"]):
+        for key, style in (("loss_rscl", "-"), ("w_entropy", "--")):
+            curves = [np.array(r["curve"][key]) for r in by_variant[v] if r["curve"][key]]
+            n = min(len(cv) for cv in curves)
+            mean = np.mean([cv[:n, 1] for cv in curves], 0)
+            ax.plot(curves[0][:n, 0], mean, style, color=f"C{c % 10}", label=f"{v}: {'loss' if key == 'loss_rscl' else 'floor'}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats (mean over seeds)")
+    ax.set_title("RS-CL loss (solid) against its floor, the soft targets' entropy (dashed)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(a.out, "rscl_floor.png"), dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.error = lambda msg: die(f"{msg}: see python study.py --help")
+    p.add_argument("--preset", default="core", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--variants", default="", help=f"comma-separated, instead of the preset's (from {', '.join(VARIANTS)})")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds 0 .. N-1 per variant")
+    p.add_argument("--data", default="data/main-demos.hdf5", help="the demo file (main.sh collects it)")
+    p.add_argument("--iters", type=int, default=2000, help="training steps per run")
+    p.add_argument("--tasks", default="lift", help="tasks evaluated in closed loop")
+    p.add_argument("--episodes", type=int, default=-1, help="episodes per task on seen looks (-1: the preset's)")
+    p.add_argument("--unseen", type=int, default=-1, help="episodes per task on unseen looks (-1: the preset's)")
+    p.add_argument("--out", default="", help="study folder (default: study/<preset>)")
+    p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--train-args", default="", help="extra train.py flags for every run, e.g. '--batch-size 16'")
+    p.add_argument("--eval-args", default="", help="extra evaluate.py flags, e.g. '--workers 4'")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--report-only", action="store_true", help="only gather what exists into the table and figures")
+    a = p.parse_args()
+    if a.preset not in PRESETS:
+        die(f"unknown preset '{a.preset}': choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[a.preset]
+    variants = a.variants.split(",") if a.variants else preset["variants"]
+    if bad := [v for v in variants if v not in VARIANTS]:
+        die(f"unknown variant {bad[0]}: choose from {', '.join(VARIANTS)}")
+    a.episodes = preset["episodes"] if a.episodes < 0 else a.episodes
+    a.unseen = preset["unseen"] if a.unseen < 0 else a.unseen
+    if a.seeds < 1 or a.iters < 1 or a.episodes < 1 or a.unseen < 0:
+        die(f"--seeds, --iters and --episodes must be at least 1, --unseen 0 (got {a.seeds}, {a.iters}, "
+            f"{a.episodes}, {a.unseen})")
+    if not os.path.isfile(a.data):
+        die(f"--data {a.data} does not exist: collect it with bash main.sh (or sim.py, see the README)")
+    a.tasks, a.train_args, a.eval_args = a.tasks.split(","), a.train_args.split(), a.eval_args.split()
+    a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out or os.path.join("study", a.preset))
+    a.cache_dir = os.path.abspath(a.cache_dir)
+    grid = [(v, s, os.path.join(a.out, "runs", f"{v}-s{s}")) for v in variants for s in range(a.seeds)]
+    failed = []
+    if not a.report_only:
+        for i, (v, s, folder) in enumerate(grid):
+            print(f"== study {a.preset}: run {i + 1}/{len(grid)}: {v}, seed {s}", flush=True)
+            if what := run_one(a, v, s, folder):
+                failed.append(f"{v}-s{s} ({what})")
+                print(f"   {v}-s{s}: {what} failed; the study goes on with the next run", flush=True)
+    if not a.dry_run:
+        report(a, [read_run(a, v, s, f) for v, s, f in grid if os.path.isfile(os.path.join(f, "log.jsonl"))])
+        print(f"study: {a.out}/table.md, results.json, success.png, cknna.png, rscl_floor.png")
+    if failed:
+        die(f"{len(failed)} run(s) failed: {', '.join(failed)}: see their output above; re-run to retry them")
+
+
+if __name__ == "__main__":
+    main()
