@@ -52,6 +52,7 @@ class PolicyConfig:
     adapter_width: int = 0           # 0 = the backbone width D (GR00T); else a Linear D -> width first (CPU sizes)
     adapter_heads: int = 4
     adapter_dropout: float = 0.2
+    adapter_pos: bool = False        # a learned embedding per token slot (GR00T: none); vision-only backbones
     dit_layers: int = 4
     dit_width: int = 128
     dit_heads: int = 4
@@ -129,17 +130,21 @@ class Adapter(nn.Module):
     """f_phi: LayerNorm (+ a Linear D_in -> D when the adapter is narrower than the backbone) + pre-LN
     self-attention blocks over [feats | u]; no positional embedding of its own (the backbone's tokens carry it)."""
 
-    def __init__(self, D_in, D, layers, heads, dropout):
+    def __init__(self, D_in, D, layers, heads, dropout, n_pos=0):
         super().__init__()
         self.ln = nn.LayerNorm(D_in)
         self.proj_in = nn.Linear(D_in, D) if D != D_in else nn.Identity()
         self.u = nn.Parameter(torch.zeros(D))   # the summarization token (init in Policy.init_weights)
+        # optional: which slot (view, row, column) a token came from, for backbones whose tokens do not say it
+        self.pos = nn.Parameter(torch.zeros(n_pos, D)) if n_pos else None
         self.blocks = nn.ModuleList([Block(D, heads, dropout) for _ in range(layers)])
 
     def forward(self, feats, mask):
         """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
         B = feats.shape[0]
         x = self.proj_in(self.ln(feats))                                                   # (B, N, D)
+        if self.pos is not None:
+            x = x + self.pos.to(x.dtype)                                                   # (N, D) per slot
         x = torch.cat([x, self.u.expand(B, 1, -1).to(x.dtype)], dim=1)                     # (B, N+1, D)
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)                              # (B, N+1)
         for block in self.blocks:
@@ -233,7 +238,12 @@ class Policy(nn.Module):
         self.backbone = backbone if backbone is not None else Backbone(cfg.backbone, cfg.backbone_path,
                                                                         cfg.layer, device=device, pool=cfg.token_pool)
         D = cfg.adapter_width or self.backbone.dim                       # the width of h and w
-        self.adapter = Adapter(self.backbone.dim, D, cfg.adapter_layers, cfg.adapter_heads, cfg.adapter_dropout)
+        n_pos = 0
+        if cfg.adapter_pos:   # only where every sample has the same N tokens: the image-only encoders
+            if self.backbone.family == "qwen2.5-vl":
+                raise ValueError("--adapter-pos needs a fixed token count: use it with dinov2-s or siglip2, not a VLM")
+            n_pos = self.backbone.tokens_per_view(cfg.image_size) * len(cfg.cameras)
+        self.adapter = Adapter(self.backbone.dim, D, cfg.adapter_layers, cfg.adapter_heads, cfg.adapter_dropout, n_pos)
         self.projector = nn.Sequential(nn.Linear(D, cfg.proj_hidden), nn.GELU(), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
         self.dit = DiT(cfg, cond_dim=D)
         # min-max statistics of q and A, buffers so that they travel in the checkpoint (set by set_stats)
@@ -252,6 +262,8 @@ class Policy(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.adapter.u, std=0.02)
+        if self.adapter.pos is not None:
+            nn.init.normal_(self.adapter.pos, std=0.02)
         nn.init.normal_(self.dit.future, std=0.02)
         nn.init.normal_(self.dit.action_pos, std=0.02)
         # adaLN-Zero: every DiT block starts as the identity and the initial velocity is exactly 0

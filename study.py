@@ -9,7 +9,7 @@ cknna.py (held-out demos of every task); then one table, the paper's claims with
 
 Re-running continues: finished trainings, evaluations and scores are kept (a half-trained run resumes).
 Every variant is a set of train.py flags (VARIANTS); study.py adds no method code of its own.
-Output: <out>/runs/<variant>-s<seed>/ (checkpoints, logs, evaluations: git-ignored), and <out>/results.json,
+Output: <out>/<variant>-s<seed>/ (checkpoints, logs, evaluations: git-ignored), and <out>/results.json,
 <out>/table.md, <out>/success.png, <out>/cknna.png, <out>/rscl_floor.png (small: commit them).
 """
 import argparse
@@ -277,7 +277,7 @@ def main():
     a.tasks, a.train_args, a.eval_args = a.tasks.split(","), a.train_args.split(), a.eval_args.split()
     a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out or os.path.join("study", a.preset))
     a.cache_dir = os.path.abspath(a.cache_dir)
-    grid = [(v, s, os.path.join(a.out, "runs", f"{v}-s{s}")) for v in variants for s in range(a.seeds)]
+    grid = [(v, s, os.path.join(a.out, f"{v}-s{s}")) for v in variants for s in range(a.seeds)]
     failed = []
     if not a.report_only:
         for i, (v, s, folder) in enumerate(grid):

@@ -48,6 +48,7 @@ p.add_argument("--backbone-path", default="", help="local folder with the backbo
 p.add_argument("--layer", type=int, default=-1, help="LLM layer whose output is the feature (-1: the backbone's default)")
 p.add_argument("--token-pool", type=int, default=1, help="dinov2-s: average-pool p x p patch tokens per view")
 p.add_argument("--adapter-dropout", type=float, default=0.2, help="dropout in the adapter (attention and MLP)")
+p.add_argument("--adapter-pos", action="store_true", help="a learned embedding per token slot in the adapter (dinov2-s, siglip2)")
 p.add_argument("--size", default="", help=f"adapter + DiT size, one of {', '.join(SIZES)} (default: tiny for the "
                                           f"CPU backbones tiny and dinov2-s, paper for a VLM)")
 p.add_argument("--rscl", action="store_true", help="add the RS-CL loss")
@@ -190,7 +191,7 @@ def main():
     # --- model ---
     torch.manual_seed(args.seed + rank)
     cfg = make_config(backbone=args.backbone, backbone_path=args.backbone_path, layer=args.layer, size=args.size,
-                      token_pool=args.token_pool, adapter_dropout=args.adapter_dropout,
+                      token_pool=args.token_pool, adapter_dropout=args.adapter_dropout, adapter_pos=args.adapter_pos,
                       cameras=cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
                       horizon=args.horizon, state_dim=train_ds.q[0].shape[1])
     try:

@@ -153,6 +153,24 @@ def test_rscl_on_pooled_h_trains_the_adapter_tokens(policy, synthetic):
     assert {"n_pos", "rscl_excess", "cos_off", "cos_off_std"} <= set(out)
 
 
+def test_adapter_position_embedding_is_per_slot_and_only_for_fixed_token_counts(policy):
+    from backbone import Backbone
+    bb = Backbone("dinov2-s", pool=2)
+    cams = ["agentview", "robot0_eye_in_hand"]
+    with_pos = Policy(make_config(backbone="dinov2-s", token_pool=2, adapter_pos=True, cameras=cams), backbone=bb)
+    assert with_pos.adapter.pos.shape == (2 * 25, 128) and "adapter.pos" in with_pos.trainable_state_dict()
+    feats, mask = torch.randn(3, 50, 384), torch.ones(3, 50, dtype=torch.bool)
+    h, _ = with_pos.adapter(feats, mask)
+    with torch.no_grad():
+        with_pos.adapter.pos[7] += 1.0                                     # move one slot's embedding
+    h2, _ = with_pos.adapter(feats, mask)
+    assert not torch.allclose(h, h2)                                      # the slot is seen by the adapter
+    assert "adapter.pos" not in Policy(make_config(backbone="dinov2-s", token_pool=2, cameras=cams),
+                                       backbone=bb).trainable_state_dict()   # off by default (GR00T has none)
+    with pytest.raises(ValueError, match="fixed token count"):
+        Policy(make_config(adapter_pos=True, image_size=32), backbone=policy.backbone)
+
+
 def test_views_locate_each_cameras_tokens(policy, synthetic):
     b, feats, mask, views, q, A = batch_of(policy, synthetic)
     n = policy.backbone.tokens_per_view(32)

@@ -38,7 +38,7 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
     # both runs stop after step 2 (as if killed); the study is re-run and resumes them
     r = subprocess.run(cmd[:-3] + [cmd[-3] + " --stop-after 2"] + cmd[-2:], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 2 and "stopped at step 2 of 3" in r.stdout and "2 run(s) failed" in r.stderr, r.stderr[-2000:]
-    assert not (out / "runs" / "rscl-s0" / "eval-lift-seen").exists()   # a partial checkpoint is never evaluated
+    assert not (out / "rscl-s0" / "eval-lift-seen").exists()   # a partial checkpoint is never evaluated
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--resume" in r.stdout                        # the stopped runs continued from their checkpoints
@@ -57,9 +57,9 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
     for fig in ("success.png", "cknna.png", "rscl_floor.png"):
         assert (out / fig).stat().st_size > 1000
     # a third run finds everything done: no command is run again
-    stamp = os.path.getmtime(out / "runs" / "rscl-s0" / "ckpt.pt")
+    stamp = os.path.getmtime(out / "rscl-s0" / "ckpt.pt")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "$ " not in r.stdout and os.path.getmtime(out / "runs" / "rscl-s0" / "ckpt.pt") == stamp
+    assert r.returncode == 0 and "$ " not in r.stdout and os.path.getmtime(out / "rscl-s0" / "ckpt.pt") == stamp
 
 
 def test_study_bad_input_is_one_line(tmp_path):
