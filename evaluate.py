@@ -39,6 +39,8 @@ p.add_argument("--tasks", default="lift")
 p.add_argument("--episodes", type=int, default=10, help="episodes per task")
 p.add_argument("--appearance", default="seen", choices=["seen", "unseen"], help="training-like or held-out looks")
 p.add_argument("--execute", type=int, default=8, help="actions executed per predicted chunk before re-planning")
+p.add_argument("--init-noise", type=float, default=0.0,
+               help="std of the flow's starting point x0 at inference: 0 = deterministic (default), 1 = sampling (GR00T)")
 p.add_argument("--horizon", type=int, default=0, help="max env steps per episode (0: the task's default)")
 p.add_argument("--workers", type=int, default=2, help="env worker processes")
 p.add_argument("--videos", type=int, default=2, help="episodes saved as GIF (first ones of each task)")
@@ -54,6 +56,8 @@ def check_args(a):
     for k, lo in dict(episodes=1, execute=1, horizon=0, workers=1, videos=0, seed=0).items():
         if getattr(a, k) < lo:
             return f"--{k} must be at least {lo} (got {getattr(a, k)})"
+    if not 0 <= a.init_noise <= 10:   # NaN fails too
+        return f"--init-noise must be in [0, 10] (got {a.init_noise})"
     if a.device != "auto" and (not re.fullmatch(r"cpu|cuda(:\d+)?", a.device) or "cuda" in a.device and not torch.cuda.is_available()):
         return f"--device {a.device} is not available here: use auto, cpu{', cuda or cuda:N' * torch.cuda.is_available()}"
 
@@ -167,7 +171,7 @@ def main():
         images = torch.from_numpy(np.stack([state[w]["obs"]["images"] for w in ws]))
         q = torch.from_numpy(np.stack([state[w]["obs"]["q"] for w in ws]))
         instructions = [sim.TASKS[state[w]["job"][0]]["instruction"] for w in ws]
-        chunks = policy.predict(images, q, instructions).cpu().numpy()           # (n, H, a)
+        chunks = policy.predict(images, q, instructions, noise=args.init_noise).cpu().numpy()   # (n, H, a)
         for w, chunk in zip(ws, chunks):
             pipes[w].send(("step", chunk[:args.execute]))
         for w in ws:
@@ -202,7 +206,7 @@ def main():
         os.makedirs(tmp)
         for name, frames in videos.items():
             save_gif(frames, os.path.join(tmp, f"{name}.gif"))
-        report = dict(ckpt=os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute,
+        report = dict(ckpt=os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute, init_noise=args.init_noise,
                       horizon=args.horizon, summary=summary, episodes=results, seconds=time.time() - t0)
         with open(os.path.join(tmp, "results.json"), "w") as f:
             json.dump(report, f, indent=1)

@@ -333,13 +333,16 @@ class Policy(nn.Module):
         return dict(feats=feats, mask=mask, views=views, h=h, w=w, z=self.projector(w))
 
     @torch.no_grad()
-    def predict(self, images, q, instructions, K=None):
+    def predict(self, images, q, instructions, K=None, noise=1.0):
         """images (B, V, H, W, 3) uint8, q (B, 10) raw proprio, instructions list[str]
-        -> actions (B, H, action_dim) in env units. The condition h is computed once for all K steps."""
+        -> actions (B, H, action_dim) in env units. The condition h is computed once for all K steps.
+        noise: the std of the starting point x0 of the Euler integration. 1 draws a sample from the learned
+        chunk distribution (GR00T); 0 follows the one path that starts at the centre of the noise, the same
+        chunk for the same input (deterministic; see README, how the CPU default was chosen)."""
         c = self.encode(images, instructions)
         qn = self.normalize(q.to(c["h"].device).float(), "q")
         B = qn.shape[0]
-        x0 = torch.randn(B, self.cfg.horizon, self.cfg.action_dim, device=qn.device)
+        x0 = noise * torch.randn(B, self.cfg.horizon, self.cfg.action_dim, device=qn.device)
         velocity = lambda x, tau: self.dit(x, torch.full((B,), int(tau * 1000), device=qn.device),
                                            c["h"], c["mask"], qn).float()
         return self.unnormalize(euler(velocity, x0, K or self.cfg.euler_steps), "a")
