@@ -102,7 +102,7 @@ class Video:
 
 class LeRobotDemos:
     """Samples (images (V, H, W, 3) uint8, instruction, q (10,) or as given, A (H, a)) from a local LeRobot dataset.
-    Same interface as data.DemoDataset; layout: 'lerobot', 'lerobot-libero' or 'lerobot-robocasa' (layouts.LAYOUTS),
+    Same interface as data.DemoDataset; layout: 'lerobot' or a 'lerobot-*' preset of layouts.LAYOUTS,
     cameras / proprio_keys ('feature' or 'feature[a:b]') / orientation / flip override it. Episodes are the demos,
     the episode's task string is both its task and its instruction."""
 
