@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -247,12 +248,12 @@ def run_names(paths):
 
 
 def swap_in(new, out):
-    """Replace folder `out` by folder `new` (the old one renamed aside, then deleted): never a mix of both."""
-    shutil.rmtree(out + ".old", ignore_errors=True)
+    """Replace folder `out` by folder `new`, never a mix of both: the old one goes aside into `new` (a name of ours,
+    so nothing of the user's is touched), `new` takes out's name, then the old one is deleted."""
     if os.path.exists(out):
-        os.rename(out, out + ".old")
+        os.rename(out, os.path.join(new, "replaced"))
     os.rename(new, out)
-    shutil.rmtree(out + ".old", ignore_errors=True)
+    shutil.rmtree(os.path.join(out, "replaced"), ignore_errors=True)
 
 
 @torch.no_grad()
@@ -277,16 +278,17 @@ def extract(policy, ds, idx, batch_size=32):
 def analyse(args):
     """CKNNA and mutual kNN of each checkpoint's representations against q, the grouped-bar plot,
     and a PCA of h coloured by episode appearance and by robot state."""
-    from data import DemoDataset, open_demos
+    from data import open_demos, open_like
+    from layouts import run_layout
     from model import Policy
-    out, tmp = args.out, f"{args.out}.tmp{os.getpid()}"   # written here, then takes out's place whole
+    out, tmp = args.out, args.tmp   # written into tmp, a folder of our own, which then takes out's place whole
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scores, table, backbones = {}, [], {}
-    os.makedirs(tmp)
     for path, run in zip(args.ckpt, run_names(args.ckpt)):
         policy = Policy.from_checkpoint(path, device=device)
         cfg = policy.cfg
-        ds = DemoDataset(args.data, cfg.cameras, cfg.horizon, split=args.split, proprio_keys=tuple(args.proprio_keys.split(",")))
+        how = dict(policy.train_config, **({"proprio_keys": args.proprio_keys} if args.proprio_keys else {}))
+        ds = open_like(args.data, how, cfg.cameras, cfg.horizon, args.split)   # read as the run read its data
         n = min(args.n, len(ds))
         if n < max(args.topk + 1, 4):
             raise ValueError(f"{args.data} has {len(ds)} samples: CKNNA with k = {args.topk} needs at least {args.topk + 1}")
@@ -299,14 +301,17 @@ def analyse(args):
             scores.setdefault(rep, {})[run] = a
             table.append(dict(run=run, representation=rep, cknna=a, mutual_knn=m, n=n))
         # the motivating picture: does h cluster by how the scene looks, or by the robot's state?
-        f = open_demos(args.data)
-        looks = [f["data"][ds.demos[ds.index[i][0]]].attrs.get("appearance", ds.demos[ds.index[i][0]]) for i in idx]
-        f.close()
+        looks = [ds.demos[ds.index[i][0]] for i in idx]   # a LeRobot dataset: its episodes
+        if os.path.isfile(args.data):   # an HDF5 file: sim.py's demos carry their appearance
+            f = open_demos(args.data)
+            looks = [f["data"][d].attrs.get("appearance", d) for d in looks]
+            f.close()
         ids = {a: k for k, a in enumerate(dict.fromkeys(looks))}
-        q = np.stack([ds.q[ds.index[i][0]][ds.index[i][1]] for i in idx])  # raw 10-D state
-        plot_projection(reps["h"].numpy(), {"episode appearance": np.array([ids[a] for a in looks]),
-                                            "gripper opening (m)": q[:, 9].astype(float),
-                                            "end-effector height (m)": q[:, 2].astype(float)},
+        q = np.stack([ds.q[ds.index[i][0]][ds.index[i][1]] for i in idx])  # raw state: 10-D [x, y, z, R cols, g]
+        colours = {"episode appearance": np.array([ids[a] for a in looks])}
+        if run_layout(how)["orientation"] != "raw":   # else q is a state vector as given, of unknown meaning
+            colours.update({"gripper opening (m)": q[:, 9].astype(float), "end-effector height (m)": q[:, 2].astype(float)})
+        plot_projection(reps["h"].numpy(), colours,
                         os.path.join(tmp, f"projection_{run.replace('/', '_')}.png"),
                         title=f"{run}: PCA of the adapter output h (mean over tokens), {n} samples")
     if len(set(backbones.values())) > 1:   # allowed, but the legend must say so
@@ -331,15 +336,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="CKNNA alignment of policy features to proprio state")
     p.error = lambda msg: die(f"{msg}: see python cknna.py --help")   # argparse's errors in the house form
     p.add_argument("ckpt", nargs="*", help="checkpoints to analyse")
-    p.add_argument("--data", help="HDF5 demo file to draw samples from")
+    p.add_argument("--data", help="HDF5 demo file or LeRobot dataset folder to draw samples from")
     p.add_argument("--n", type=int, default=4415, help="number of samples")
     p.add_argument("--split", default="val", choices=["val", "train", "all"],
                    help="which demos: val = the held-out demos of every task (train.py's split)")
     p.add_argument("--topk", type=int, default=10, help="k nearest neighbours")
     p.add_argument("--out", default="out/cknna", help="output folder for figures and scores")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (once the new results are written)")
-    p.add_argument("--proprio-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
-                   help="obs keys of eef position, eef quaternion (xyzw) and gripper qpos")
+    p.add_argument("--proprio-keys", default="", help="q's keys (default: the checkpoint's, read as in its training)")
     args = p.parse_args(argv)
     args.out = os.path.normpath(args.out)
     if not args.ckpt or not args.data:
@@ -352,13 +356,17 @@ def main(argv=None):
     if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out) and not args.overwrite):
         die(f"--out {args.out} already exists{' (a file)' if os.path.isfile(args.out) else ''}: choose another --out"
             f"{'' if os.path.isfile(args.out) else ', or pass --overwrite to replace it once the new results are written'}")
+    if os.path.isdir(args.out) and os.listdir(args.out) and "scores.json" not in os.listdir(args.out):
+        die(f"--overwrite would delete {args.out}, which holds no scores.json (not a cknna.py output): choose another --out")
     from data import DataError
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    args.tmp = tempfile.mkdtemp(prefix=os.path.basename(args.out) + ".incomplete-", dir=os.path.dirname(args.out) or ".")
     try:
         analyse(args)
     except (DataError, ValueError) as e:
         die(str(e))
     finally:
-        shutil.rmtree(f"{args.out}.tmp{os.getpid()}", ignore_errors=True)   # a failed analysis leaves nothing
+        shutil.rmtree(args.tmp, ignore_errors=True)   # a failed analysis leaves nothing
 
 
 if __name__ == "__main__":

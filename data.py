@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from layouts import (LAYOUTS, DataError, flip_images, make_q, minmax_stats, parse_key, layout_of,  # noqa: F401
-                     proprio_10d, quat_to_rotmat)
+                     proprio_10d, quat_to_rotmat, run_layout)
 
 # -----------------------------------------------------------------------------
 # the data set: one sample per timestep
@@ -104,14 +104,23 @@ def open_dataset(path, layout="robomimic", cameras=None, horizon=16, split="trai
         from lerobot_data import LeRobotDemos   # pyarrow and PyAV only when a LeRobot dataset is read
         return LeRobotDemos(path, cameras, action=action, **kw)
     if action:
-        raise DataError("--action-key is for LeRobot dataset folders; an HDF5 file's actions are data/demo_N/actions")
+        raise DataError(f"--action-key {action} is for LeRobot dataset folders and {path} is a file (its actions are "
+                        f"data/demo_N/actions): drop --action-key")
     return DemoDataset(path, cameras, **kw)
+
+
+def open_like(path, config, cameras=None, horizon=16, split="train", **kw):
+    """Open `path` the way the run of train.py config `config` (vars(args), or a checkpoint's 'config') read its data:
+    the same layout, proprio keys, orientation, image flip and action key (layouts.run_layout). kw: open_dataset's."""
+    r = run_layout(config)
+    return open_dataset(path, r["layout"], cameras, horizon, split, proprio_keys=r["proprio_keys"].split(","),
+                        orientation=r["orientation"], flip=r["image_flip"], action=r["action_key"], **kw)
 
 
 def check_demo(path, name, g, image_keys, proprio_keys, like):
     """One line (DataError) for the first thing wrong in demo g: a missing key, a length, an image that is
     not (T, H, W, 3) uint8 or not the size of the others, an action width unlike the others, NaN or inf.
-    like: dict(image=(H, W, 3), action=a) of the first demo, filled in here from it."""
+    like: dict(image=(H, W, 3), action=a, proprio={key: shape}) of the first demo, filled in here from it."""
     missing = [k for k in image_keys + proprio_keys if k not in g.get("obs", {})] + \
               ([] if "actions" in g else ["actions"])
     if missing:
@@ -132,6 +141,10 @@ def check_demo(path, name, g, image_keys, proprio_keys, like):
     if acts.shape[1] != like["action"]:
         raise DataError(f"{path}: {name} has {acts.shape[1]}-D actions, the first demo {like['action']}-D: "
                         f"one action width per file")
+    shapes = {k: g["obs"][k].shape[1:] for k in proprio_keys}
+    if like.setdefault("proprio", shapes) != shapes:
+        raise DataError(f"{path}: {name}'s proprio keys have shapes {shapes}, the first demo {like['proprio']}: "
+                        f"one shape per key per file")
     nonfinite = [k for k in ["actions"] + [f"obs/{k}" for k in proprio_keys] if not np.isfinite(g[k][:]).all()]
     if nonfinite:
         raise DataError(f"{path}: {name} has NaN or inf in {nonfinite}: drop or repair that demo")
@@ -166,7 +179,8 @@ class DemoDataset:
         """Check every demo of the file (not only this split's), then read this split's q and actions."""
         names, like = split_demos(f, split, val_frac, max_demos), {}
         obs0 = f["data"][demo_names(f)[0]].get("obs", {})
-        self.image_keys = [c if c in obs0 else f"{c}_image" for c in self.cameras]   # as named, or robosuite's name
+        self.image_keys = [f"{c}_image" if c not in obs0 and f"{c}_image" in obs0 else c   # as named, or robosuite's
+                           for c in self.cameras]
         proprio_names = list(dict.fromkeys(parse_key(k)[0] for k in self.proprio_keys))
         for name in demo_names(f):
             check_demo(self.path, name, f["data"][name], self.image_keys, proprio_names, like)
@@ -327,6 +341,15 @@ if __name__ == "__main__":
     if args.demos < 2 or args.steps < 1 or args.image_size < 16:
         fail(f"--demos must be at least 2 (one for validation), --steps 1, --image-size 16 (got {args.demos}, "
                  f"{args.steps}, {args.image_size})")
-    write_synthetic(args.synthetic + ".tmp", args.demos, args.steps, args.image_size)
-    os.replace(args.synthetic + ".tmp", args.synthetic)   # written whole or not at all
+    import tempfile
+    os.makedirs(os.path.dirname(os.path.abspath(args.synthetic)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(args.synthetic) + ".incomplete-",
+                               dir=os.path.dirname(os.path.abspath(args.synthetic)))   # a name of our own
+    os.close(fd)
+    try:
+        write_synthetic(tmp, args.demos, args.steps, args.image_size)
+        os.replace(tmp, args.synthetic)   # written whole or not at all
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     print(args.synthetic)

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 import sim
+from layouts import run_layout
 from model import Policy
 from stats import wilson
 
@@ -63,12 +65,12 @@ def check_args(a):
 
 
 def swap_in(new, out):
-    """Replace folder `out` by folder `new` (the old one renamed aside, then deleted): never a mix of both."""
-    shutil.rmtree(out + ".old", ignore_errors=True)
+    """Replace folder `out` by folder `new`, never a mix of both: the old one goes aside into `new` (a name of ours,
+    so nothing of the user's is touched), `new` takes out's name, then the old one is deleted."""
     if os.path.exists(out):
-        os.rename(out, out + ".old")
+        os.rename(out, os.path.join(new, "replaced"))
     os.rename(new, out)
-    shutil.rmtree(out + ".old", ignore_errors=True)
+    shutil.rmtree(os.path.join(out, "replaced"), ignore_errors=True)
 
 
 # -----------------------------------------------------------------------------
@@ -125,6 +127,8 @@ def main():
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out) and not args.overwrite):
         die(f"output {out} already exists{' (a file)' if os.path.isfile(out) else ''}: pass another --out"
             f"{'' if os.path.isfile(out) else ', or --overwrite to replace it once the new results are written'}")
+    if os.path.isdir(out) and os.listdir(out) and "results.json" not in os.listdir(out):
+        die(f"--overwrite would delete {out}, which holds no results.json (not an evaluation's folder): choose another --out")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         policy = Policy.from_checkpoint(args.ckpt, device=device)
@@ -137,6 +141,11 @@ def main():
     if missing or cfg.action_dim != sim.ACTION_DIM:
         die(f"checkpoint does not match the simulator: it reads cameras {cfg.cameras} and writes {cfg.action_dim}-D "
             f"actions; sim.py offers cameras {list(sim.CAMERAS)} and {sim.ACTION_DIM}-D actions")
+    r = run_layout(policy.train_config)   # how its training data was read
+    if (r["orientation"], r["proprio_keys"], r["image_flip"]) != ("quat_xyzw", ",".join(sim.PROPRIO_KEYS), "none"):
+        die(f"checkpoint {args.ckpt} was trained on data read with --orientation {r['orientation']}, --proprio-keys "
+            f"{r['proprio_keys']}, --image-flip {r['image_flip']}; the simulator gives upright frames and q from "
+            f"{', '.join(sim.PROPRIO_KEYS)} (xyzw): evaluate a run trained on sim.py's demos with their layout")
     sim.check_gl()   # one clear line if no offscreen GL backend works
     torch.manual_seed(args.seed)
 
@@ -201,9 +210,9 @@ def main():
         lo, hi = wilson(k, n)
         summary[t] = dict(success=k / n, successes=k, episodes=n, wilson95=[lo, hi])
         print(f"{t:8s} success {k}/{n} = {k / n:.2f}  (95% Wilson interval {lo:.2f}-{hi:.2f})")
-    tmp = f"{out}.tmp{os.getpid()}"   # everything is written here, then takes out's place: never a mix of two runs
-    try:
-        os.makedirs(tmp)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)   # everything is written into tmp, a folder of our own,
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".incomplete-", dir=os.path.dirname(out) or ".")   # which
+    try:   # then takes out's place: never a mix of two evaluations
         for name, frames in videos.items():
             save_gif(frames, os.path.join(tmp, f"{name}.gif"))
         report = dict(ckpt=os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute, init_noise=args.init_noise,

@@ -7,6 +7,9 @@ make_q turns the named proprio keys into the 10-D q of RS-CL, [x, y, z, R[:, 0],
 orientation's format (quaternion xyzw or wxyz, axis-angle, rotation matrix, none), or takes q as given ('raw').
 Used by data.py (HDF5) and lerobot_data.py (LeRobot datasets).
 """
+import os
+import re
+
 import numpy as np
 
 
@@ -15,36 +18,50 @@ class DataError(Exception):
 
 
 LAYOUTS = {
-    # ours (sim.py) and robomimic: robosuite's observation names; frames stored upright
+    # ours (sim.py) and robomimic: robosuite's observation names; frames stored upright. robomimic's own image files
+    # hold two cameras (agentview, robot0_eye_in_hand: pass --cameras, or use the mimicgen preset)
     "robomimic": dict(cameras=("agentview", "frontview", "robot0_eye_in_hand"), orientation="quat_xyzw", flip="none",
                       proprio=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")),
-    # MimicGen's released files (NVlabs/mimicgen docs/datasets/mimicgen_corl_2023.md: robomimic HDF5, made with
-    # robomimic's dataset_states_to_obs, whose EnvRobosuite.get_observation flips MuJoCo's frames upright: di[k][::-1]);
-    # 84 px agentview + wrist, 7-D actions, no instruction (the env name is used)
+    # MimicGen's released files (NVlabs/mimicgen docs/datasets/mimicgen_corl_2023.md; the keys of its image policies in
+    # mimicgen/scripts/generate_core_training_configs.py): robomimic HDF5 whose frames come through robomimic's
+    # EnvRobosuite.get_observation, which turns MuJoCo's bottom-up frames upright (di[k][::-1]); 84 px agentview +
+    # wrist, 7-D actions, no instruction (the env name is used)
     "mimicgen": dict(cameras=("agentview", "robot0_eye_in_hand"), orientation="quat_xyzw", flip="none",
                      proprio=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")),
-    # LIBERO (Lifelong-Robot-Learning/LIBERO scripts/create_dataset.py): obs/agentview_rgb, obs/eye_in_hand_rgb (128 px,
-    # raw OpenGL frames, data.attrs["macros_image_convention"]), obs/ee_pos (3), obs/ee_ori (3: T.quat2axisangle),
-    # obs/gripper_states (2), actions (T, 7); the instruction in data.attrs["problem_info"]["language_instruction"].
-    # Frames are rotated 180 degrees, as OpenVLA's and openpi's LIBERO pipelines do ("IMPORTANT: rotate 180 degrees to
-    # match train preprocessing") and as LeRobot's LIBERO datasets store them
-    "libero": dict(cameras=("agentview_rgb", "eye_in_hand_rgb"), orientation="axis_angle", flip="rot180",
+    # LIBERO (Lifelong-Robot-Learning/LIBERO scripts/create_dataset.py): obs/agentview_rgb, obs/eye_in_hand_rgb (128 px),
+    # obs/ee_pos (3), obs/ee_ori (3: T.quat2axisangle of robot0_eef_quat), obs/gripper_states (2), actions (T, 7); the
+    # instruction in data.attrs["problem_info"]["language_instruction"]. Frames are stored as MuJoCo renders them
+    # (data.attrs["macros_image_convention"] = "opengl": the bottom row first), so a vertical flip makes them upright,
+    # as LIBERO's own video writer does (libero/libero/utils/video_utils.py: [::-1]). OpenVLA, openpi and LeRobot
+    # rotate them 180 degrees instead ([::-1, ::-1], "to match train preprocessing"): upright but mirrored left-right,
+    # consistent within those pipelines; --image-flip rot180 matches them
+    "libero": dict(cameras=("agentview_rgb", "eye_in_hand_rgb"), orientation="axis_angle", flip="vflip",
                    proprio=("ee_pos", "ee_ori", "gripper_states")),
-    # RoboCasa HDF5 (robocasa docs/_versions/v0.2/use_cases/using_datasets.md, robocasa/scripts/dataset_states_to_obs.py,
-    # robomimic's upright flip): three cameras, the eef pose relative to the mobile base (xyzw), actions (T, 12),
-    # the instruction in demo.attrs["ep_meta"]["lang"]
+    # RoboCasa HDF5 (robocasa docs/_versions/v0.2/use_cases/using_datasets.md; robocasa/scripts/dataset_states_to_obs.py,
+    # now scripts/dataset_scripts/, default cameras; its robomimic env wrapper turns frames upright): three cameras,
+    # the eef pose relative to the mobile base (xyzw, robosuite's base_to_eef_quat), actions (T, 12), the
+    # instruction in demo.attrs["ep_meta"]["lang"]
     "robocasa": dict(cameras=("robot0_agentview_left", "robot0_agentview_right", "robot0_eye_in_hand"),
                      orientation="quat_xyzw", flip="none",
                      proprio=("robot0_base_to_eef_pos", "robot0_base_to_eef_quat", "robot0_gripper_qpos")),
     # LeRobot datasets (a folder with meta/info.json; see lerobot_data.py): by default every camera feature, q = the
     # state vector as given (not an eef pose), the `action` feature
     "lerobot": dict(cameras=(), orientation="raw", flip="none", proprio=("observation.state",), action="action"),
-    # openpi's LIBERO conversion (physical-intelligence/libero; examples/libero/convert_libero_data_to_lerobot.py):
-    # image/wrist_image (256 px, already rotated), state (8) = eef pos, axis-angle, gripper qpos; actions (7)
-    "lerobot-libero": dict(cameras=("image", "wrist_image"), orientation="axis_angle", flip="none",
-                           proprio=("state[0:3]", "state[3:6]", "state[6:8]"), action="actions"),
-    # RoboCasa's LeRobot release (robocasa docs/datasets/using_datasets.md; PandaOmron_modality.json): observation.state
-    # (16) = base pos 3, base quat 4, eef pos 3 and quat 4 (xyzw) relative to the base, gripper qpos 2; action (12)
+    # LeRobot's LIBERO datasets lerobot/libero (MP4) and HuggingFaceVLA/libero (PNG) (huggingface/lerobot
+    # docs/source/libero.mdx; src/lerobot/processor/env_processor.py LiberoProcessorStep): observation.images.image
+    # (agentview) and .image2 (wrist), 256 px, stored rotated 180 degrees (hflip makes them upright, as the libero
+    # preset's frames); observation.state (8) = eef pos, axis-angle, gripper qpos (2); action (7)
+    "lerobot-libero": dict(cameras=("observation.images.image", "observation.images.image2"), orientation="axis_angle",
+                           flip="hflip", proprio=("observation.state[0:3]", "observation.state[3:6]",
+                                                  "observation.state[6:8]"), action="action"),
+    # openpi's LIBERO dataset physical-intelligence/libero (Physical-Intelligence/openpi
+    # examples/libero/convert_libero_data_to_lerobot.py): image/wrist_image (256 px PNG, rotated 180 degrees as above),
+    # state (8) = eef pos, axis-angle, gripper qpos; actions (7)
+    "lerobot-libero-openpi": dict(cameras=("image", "wrist_image"), orientation="axis_angle", flip="hflip",
+                                  proprio=("state[0:3]", "state[3:6]", "state[6:8]"), action="actions"),
+    # RoboCasa's LeRobot release (robocasa docs/datasets/using_datasets.md; PandaOmron_modality.json and
+    # scripts/dataset_scripts/convert_hdf5_lerobot.py, frames from the upright HDF5 ones): observation.state (16) = base
+    # pos 3, base quat 4, eef pos 3 and quat 4 (xyzw) relative to the base, gripper qpos 2; action (12)
     "lerobot-robocasa": dict(cameras=("observation.images.robot0_agentview_left", "observation.images.robot0_agentview_right",
                                       "observation.images.robot0_eye_in_hand"), orientation="quat_xyzw", flip="none",
                              proprio=("observation.state[7:10]", "observation.state[10:14]", "observation.state[14:16]"),
@@ -52,13 +69,15 @@ LAYOUTS = {
 }
 # width of the orientation key for each format; rotmat is row-major; none: R = I; raw: q = the keys concatenated as given
 ORIENTATIONS = {"quat_xyzw": 4, "quat_wxyz": 4, "axis_angle": 3, "rotmat": 9, "none": 0, "raw": None}
-FLIPS = ("none", "vflip", "rot180")
+FLIPS = ("none", "vflip", "hflip", "rot180")
 
 
 def flip_images(images, how):
-    """images (..., H, W, 3) -> the same, flipped top-bottom (vflip) or rotated 180 degrees (rot180)."""
+    """images (..., H, W, 3) -> the same, flipped top-bottom (vflip), left-right (hflip) or rotated 180 degrees (rot180)."""
     if how == "vflip":
         return np.ascontiguousarray(images[..., ::-1, :, :])
+    if how == "hflip":
+        return np.ascontiguousarray(images[..., :, ::-1, :])
     if how == "rot180":
         return np.ascontiguousarray(images[..., ::-1, ::-1, :])
     return images
@@ -115,12 +134,13 @@ def proprio_10d(eef_pos, eef_quat, gripper_qpos, orientation="quat_xyzw"):
 
 
 def parse_key(key):
-    """'observation.state[7:10]' -> ('observation.state', slice(7, 10)); 'ee_pos' -> ('ee_pos', slice(None))."""
-    if key.endswith("]") and "[" in key:
-        name, rng = key[:-1].split("[", 1)
-        a, b = (int(x) if x else None for x in rng.split(":"))
-        return name, slice(a, b)
-    return key, slice(None)
+    """'observation.state[7:10]' -> ('observation.state', slice(7, 10)); 'ee_pos' -> ('ee_pos', slice(None)).
+    A slice that is not [a:b] of integers (either may be left out) -> DataError."""
+    m = re.fullmatch(r"([^\[\]]+)(?:\[(-?\d*):(-?\d*)\])?", key)
+    if not m:
+        raise DataError(f"proprio key '{key}' is not a name or name[a:b] (a, b integers): fix --proprio-keys")
+    name, a, b = m.groups()
+    return name, slice(int(a) if a else None, int(b) if b else None)
 
 
 def make_q(read, keys, orientation, where):
@@ -166,7 +186,8 @@ def minmax_stats(q, a):
 
 
 def layout_of(layout, cameras=None, proprio_keys=None, orientation=None, flip=None, action=None):
-    """A preset from LAYOUTS with any of its fields overridden (None or '' keeps the preset's)."""
+    """A preset from LAYOUTS with any of its fields overridden (None or '' keeps the preset's); unknown names and
+    malformed keys -> DataError."""
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
     if orientation and orientation not in ORIENTATIONS:
@@ -178,4 +199,19 @@ def layout_of(layout, cameras=None, proprio_keys=None, orientation=None, flip=No
                  ("action", action)):
         if v:
             L[k] = tuple(v) if k in ("cameras", "proprio") else v
+    for key in L["proprio"]:
+        parse_key(key)
     return L
+
+
+def run_layout(config):
+    """How a run read its data, from train.py's config (vars(args), or a checkpoint's 'config'): its layout, orientation,
+    image_flip, proprio_keys and action_key, each '' (or absent: runs from before layouts) replaced by what it meant,
+    the layout's value; the layout '' means robomimic for a file and lerobot for a folder. Two configs that read the
+    data alike give equal dicts. Unknown names -> DataError."""
+    get = lambda k: config.get(k) or ""
+    layout = get("layout") or ("lerobot" if os.path.isdir(get("data")) else "robomimic")
+    L = layout_of(layout, None, get("proprio_keys").split(",") if get("proprio_keys") else None, get("orientation"),
+                  get("image_flip"), get("action_key"))
+    return dict(layout=layout, orientation=L["orientation"], image_flip=L["flip"], proprio_keys=",".join(L["proprio"]),
+                action_key=L.get("action", ""))

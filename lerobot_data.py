@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from data import DemoDataset, split_by_task
-from layouts import DataError, flip_images, layout_of, make_q, parse_key
+from layouts import LAYOUTS, DataError, flip_images, layout_of, make_q, parse_key
 
 VERSIONS = ("v2.0", "v2.1", "v3.0")
 
@@ -50,6 +50,19 @@ def column(table, name):
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
         col = col.flatten()                                            # (rows * width,)
     return np.asarray(col.to_numpy(zero_copy_only=False), np.float64).reshape(n, -1)
+
+
+def video_seconds(path):
+    """How long an MP4 lasts in seconds (None if its header does not say); a missing or unreadable file -> DataError."""
+    import av
+    if not os.path.isfile(path):
+        raise DataError(f"video {path} is missing: re-download the dataset")
+    try:
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            return float(s.duration * s.time_base) if s.duration else c.duration / 1e6 if c.duration else None
+    except Exception as e:   # PyAV raises several types for a bad file
+        raise DataError(f"video {path} cannot be decoded ({str(e).splitlines()[0]}): re-download or re-encode it")
 
 
 class Video:
@@ -89,7 +102,7 @@ class Video:
 
 class LeRobotDemos:
     """Samples (images (V, H, W, 3) uint8, instruction, q (10,) or as given, A (H, a)) from a local LeRobot dataset.
-    Same interface as data.DemoDataset; layout: 'lerobot', 'lerobot-libero' or 'lerobot-robocasa' (layouts.LAYOUTS),
+    Same interface as data.DemoDataset; layout: 'lerobot' or a 'lerobot-*' preset of layouts.LAYOUTS,
     cameras / proprio_keys ('feature' or 'feature[a:b]') / orientation / flip override it. Episodes are the demos,
     the episode's task string is both its task and its instruction."""
 
@@ -98,27 +111,34 @@ class LeRobotDemos:
         L = layout_of(layout, cameras, proprio_keys, orientation, flip, action)
         if "action" not in L:
             raise DataError(f"layout '{layout}' is for HDF5 files and {path} is a folder: for a LeRobot dataset use "
-                            f"--layout lerobot, lerobot-libero or lerobot-robocasa")
+                            f"--layout {', '.join(k for k, v in LAYOUTS.items() if 'action' in v)}")
         info_path = os.path.join(path, "meta", "info.json")
         if not os.path.isfile(info_path):
             raise DataError(f"{path} is a folder without meta/info.json: pass a LeRobot dataset's root folder "
-                            f"(v2.1 or v3.0) or a robomimic-layout HDF5 file")
-        self.path, self.H, self.info = path, horizon, json.load(open(info_path))
-        self.version, self.fps, feats = self.info.get("codebase_version"), self.info["fps"], self.info["features"]
-        if self.version not in VERSIONS:
-            raise DataError(f"{info_path}: codebase_version {self.version!r} is not one of {VERSIONS}: convert it "
-                            f"with lerobot's converter to v3.0")
-        self.cameras = list(L["cameras"]) or [k for k, f in feats.items() if f["dtype"] in ("video", "image")]
+                            f"(v2.0, v2.1 or v3.0) or a robomimic-layout HDF5 file")
+        self.path, self.H, self.image_shape = path, horizon, None
         self.orientation, self.flip, self.action_key = L["orientation"], L["flip"], L["action"]
-        wanted = self.cameras + [parse_key(k)[0] for k in L["proprio"]] + [self.action_key]
-        missing = [k for k in wanted if k not in feats]
-        if missing or not self.cameras:
-            raise DataError(f"{path} has no feature {missing or 'with dtype video or image'} (its features: "
-                            f"{list(feats)}): pick --layout, or name them with --cameras, --proprio-keys and --action-key")
-        self.videos = [c for c in self.cameras if feats[c]["dtype"] == "video"]
-        episodes = self._episodes()                                     # [{episode_index, tasks, length, ...}]
-        names = [f"episode_{e['episode_index']:06d}" for e in episodes]
-        tasks = [str(e["tasks"][0]) if len(e["tasks"]) else "" for e in episodes]
+        try:   # the metadata: a file missing or malformed, or a field the format requires absent -> one line
+            self.info = json.load(open(info_path))
+            self.version, self.fps, feats = self.info.get("codebase_version"), float(self.info["fps"]), self.info["features"]
+            if self.version not in VERSIONS:
+                raise DataError(f"{info_path}: codebase_version {self.version!r} is not one of {VERSIONS}: convert it "
+                                f"with lerobot's converter to v3.0")
+            self.cameras = list(L["cameras"]) or [k for k, f in feats.items() if f["dtype"] in ("video", "image")]
+            wanted = self.cameras + [parse_key(k)[0] for k in L["proprio"]] + [self.action_key]
+            missing = [k for k in dict.fromkeys(wanted) if k not in feats]
+            if missing or not self.cameras:
+                raise DataError(f"{path} has no feature {missing or 'with dtype video or image'} (its features: "
+                                f"{list(feats)}): pick --layout, or name them with --cameras, --proprio-keys and --action-key")
+            self.videos = [c for c in self.cameras if feats[c]["dtype"] == "video"]
+            width = {k: int(np.prod(feats[k]["shape"])) for k in wanted[len(self.cameras):]}   # numbers per step
+            episodes = self._episodes()                                 # [{episode_index, tasks, length, ...}]
+            names = [f"episode_{int(e['episode_index']):06d}" for e in episodes]
+            tasks = [str(e["tasks"][0]) if len(e["tasks"]) else "" for e in episodes]
+            files = {n: (self._data_file(e), [self._video_file(e, c) for c in self.videos]) for n, e in zip(names, episodes)}
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:   # json's errors are ValueErrors
+            raise DataError(f"{path}: its metadata (meta/) is damaged or incomplete ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120]}): re-download the dataset") from None
         keep = set(split_by_task(names, tasks, split, val_frac, max_demos, path))
         self.episodes = [e for e, n in zip(episodes, names) if n in keep]
         self.demos = [n for n in names if n in keep]
@@ -126,29 +146,48 @@ class LeRobotDemos:
         self.instructions = list(self.tasks)
         self.q, self.actions, self.ts, self.rows, self.index = [], [], [], [], []
         tables = {}
-        for d, e in enumerate(self.episodes):
-            file = self._data_file(e)
+        for d, (e, name) in enumerate(zip(self.episodes, self.demos)):
+            file = files[name][0]
             if file not in tables:
                 tables[file] = read_table(file)
+                lacking = [k for k in list(width) + ["episode_index", "frame_index", "timestamp"]
+                           if k not in tables[file].column_names]
+                if lacking:
+                    raise DataError(f"{file} lacks the columns {lacking}: re-download the dataset")
             tab = tables[file]
-            ep = tab.column("episode_index").to_numpy()
-            rows = np.flatnonzero(ep == e["episode_index"])             # this episode's rows, in frame order
-            rows = rows[np.argsort(tab.column("frame_index").to_numpy()[rows], kind="stable")]
+            rows = np.flatnonzero(tab.column("episode_index").to_numpy() == e["episode_index"])   # this episode's rows
+            rows = rows[np.argsort(tab.column("frame_index").to_numpy()[rows], kind="stable")]  # in frame order
+            if len(rows) == 0:
+                raise DataError(f"{file} holds no rows of episode {e['episode_index']}: re-download the dataset")
             part = tab.take(rows)
-            self.q.append(make_q(lambda k: column(part, k), L["proprio"], self.orientation, path))   # (T, 10)
-            self.actions.append(column(part, self.action_key).astype(np.float32))                   # (T, a)
+
+            def read(k):   # (T, w), w as meta/info.json declares it
+                x = column(part, k)
+                if x.shape[1] != width[k]:
+                    raise DataError(f"{file}: episode {e['episode_index']}'s {k} has {x.shape[1]} numbers per step, "
+                                    f"meta/info.json says {width[k]}: re-download the dataset")
+                return x
+            self.q.append(make_q(read, L["proprio"], self.orientation, path))   # (T, 10), or (T, d) as given
+            self.actions.append(read(self.action_key).astype(np.float32))     # (T, a)
             self.ts.append(column(part, "timestamp")[:, 0])
             self.rows.append((file, rows))
             self.index += [(d, t) for t in range(len(rows))]
             if not (np.isfinite(self.q[-1]).all() and np.isfinite(self.actions[-1]).all()):
                 raise DataError(f"{path}: episode {e['episode_index']} has NaN or inf in its state or actions: drop it")
         self.action_dim = self.actions[0].shape[1]
+        seconds = {}
+        for d, name in enumerate(self.demos):   # every video there and long enough for its episode (the header's length)
+            for f, start in files[name][1]:
+                if f not in seconds:
+                    seconds[f] = video_seconds(f)
+                if seconds[f] is not None and start + self.ts[d][-1] + 0.5 / self.fps > seconds[f]:
+                    raise DataError(f"video {f} lasts {seconds[f]:.2f} s, but {name} needs frames up to "
+                                    f"{start + self.ts[d][-1]:.2f} s: re-download or re-encode it")
         self._open, self._image_tables = {}, {}
-        for c in self.videos:                                          # every file there; the first one decodes
-            for f in dict.fromkeys(self._video_file(e, c)[0] for e in self.episodes):
-                if not os.path.isfile(f):
-                    raise DataError(f"{path}: video {f} is missing: re-download the dataset")
-        self.image_shape = tuple(self[0]["images"].shape[1:])          # decodes episode 0, frame 0 of every camera
+        shapes = {c: self._image(c, 0, 0).shape for c in self.cameras}  # decodes episode 0, frame 0 of every camera
+        if len(set(shapes.values())) > 1:
+            raise DataError(f"{path}: the cameras' frames differ in size {shapes}: choose cameras of one size with --cameras")
+        self.image_shape = shapes[self.cameras[0]]
         self._open, self._image_tables = {}, {}                        # worker processes open their own
 
     # --- the layout's two versions ---
@@ -216,7 +255,11 @@ class LeRobotDemos:
 
     def __getitem__(self, i):
         d, t = self.index[i]
-        images = np.stack([self._image(c, d, t) for c in self.cameras])   # (V, H, W, 3) uint8
+        frames = [self._image(c, d, t) for c in self.cameras]
+        if self.image_shape and any(f.shape != self.image_shape for f in frames):
+            raise DataError(f"{self.path}: {self.demos[d]} has frames of {[f.shape for f in frames]}, the first "
+                            f"episode {self.image_shape}: one size for every camera and episode; re-encode the videos")
+        images = np.stack(frames)                                          # (V, H, W, 3) uint8
         return dict(images=flip_images(images, self.flip), instruction=self.instructions[d], q=self.q[d][t],
                     A=self.chunk(d, t))
 

@@ -354,6 +354,7 @@ class Policy(nn.Module):
         cfg = PolicyConfig(**ckpt["model_config"])
         policy = cls(cfg, backbone=backbone, device=device)
         policy.load_trainable(ckpt["model"])
+        policy.train_config = ckpt.get("config", {})   # train.py's flags: how its data was read (layouts.run_layout)
         return policy.eval()
 
     def load_trainable(self, state):

@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import types
 
 import numpy as np
@@ -291,18 +292,19 @@ def collect(args, tasks, cameras):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     env_kwargs = dict(robots="Panda", controller="BASIC", control_freq=20, camera_names=cameras,
                       camera_heights=args.image_size, camera_widths=args.image_size)
-    path = f"{args.out}.new" if args.overwrite and os.path.isfile(args.out) else args.out   # renamed over out on success
+    path = args.tmp or args.out   # --overwrite: a file of our own beside out, renamed over it on success
     try:
         f = h5py.File(path, "a" if args.extend else "w")
     except OSError as e:
-        die(f"cannot open {args.out} as HDF5 ({str(e).splitlines()[0]})")
-    with f:
+        die(f"cannot open {args.out} as HDF5 ({str(e).splitlines()[0]}): choose another --out")
+    with f:   # --extend: the demos there are checked before anything is written
+        demos = list(f.get("data", {}).values())
+        views = sorted((k[:-6], v.shape[1]) for k, v in demos[0].get("obs", {}).items() if k.endswith("_image")) if demos else []
+        if demos and (views != sorted((c, args.image_size) for c in cameras) or any({"task", "seed"} - set(g.attrs) for g in demos)):
+            die(f"{args.out} holds demos that sim.py did not collect, or of other cameras {views} (name, px): --extend "
+                f"only a file of sim.py's, with its --cameras and --image-size")
         data = f.require_group("data")
-        old = json.loads(data.attrs.get("env_args", '{"env_name": "", "env_kwargs": {}}'))
-        views = (old["env_kwargs"].get("camera_names", cameras), old["env_kwargs"].get("camera_heights", args.image_size))
-        if views != (cameras, args.image_size):
-            die(f"{args.out} holds cameras {views[0]} at {views[1]} px; --extend it with the same --cameras and --image-size")
-        old_envs = old["env_name"].split(",")
+        old_envs = json.loads(data.attrs.get("env_args", '{"env_name": ""}'))["env_name"].split(",")
         env_names = [TASKS[t]["env_name"] for t in TASKS if t in tasks or TASKS[t]["env_name"] in old_envs]
         data.attrs["env_args"] = json.dumps(dict(env_name=",".join(env_names), type=1, env_kwargs=env_kwargs))
         drop_incomplete(f)
@@ -344,7 +346,7 @@ def collect(args, tasks, cameras):
                 pool.terminate()
         bar.close()
         counts = {t: sum(1 for g in data.values() if g.attrs["task"] == t) for t in TASKS}
-    os.replace(path, args.out)   # --overwrite: only a complete collection replaces the old file
+    os.replace(path, args.out)   # --overwrite: only a complete collection replaces the old file (else path is out)
     print(f"{args.out}: {counts} demos")
 
 
@@ -379,6 +381,7 @@ def main():
     ap.add_argument("--extend", action="store_true", help="add demos to an existing --out (skips its seeds)")
     ap.add_argument("--measure-experts", action="store_true", help="success of the scripted experts (no cameras, no file)")
     args = ap.parse_args()
+    import h5py
     tasks = args.tasks.split(",")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -390,17 +393,23 @@ def main():
         return measure_experts(args, tasks)
     if args.overwrite and args.extend:
         die("pass --overwrite or --extend, not both")
+    if os.path.isdir(args.out) or args.overwrite and os.path.isfile(args.out) and not h5py.is_hdf5(args.out):
+        die(f"--out {args.out} is a folder or a file that is not HDF5: name a demo file (.hdf5)")
     if os.path.exists(args.out) and not (args.overwrite or args.extend):
         die(f"{args.out} exists: pass --extend to add demos to it, --overwrite to replace it, or another --out")
     cameras = args.cameras.split(",")
     bad = [c for c in cameras if c not in ALL_CAMERAS]
     if bad or len(set(cameras)) != len(cameras):
         die(f"unknown or repeated camera {', '.join(bad) or args.cameras}: choose from {', '.join(ALL_CAMERAS)}, each once")
+    args.tmp = None   # --overwrite: collected into a new file of our own beside out (never a name the user has)
+    if args.overwrite and os.path.isfile(args.out):
+        fd, args.tmp = tempfile.mkstemp(prefix=os.path.basename(args.out) + ".incomplete-", dir=os.path.dirname(os.path.abspath(args.out)))
+        os.close(fd)
     try:
         collect(args, tasks, cameras)
-    finally:   # a failed or interrupted --overwrite leaves the old file as it was, and no .new beside it
-        if os.path.isfile(f"{args.out}.new"):
-            os.remove(f"{args.out}.new")
+    finally:   # a failed or interrupted --overwrite leaves the old file as it was, and nothing beside it
+        if args.tmp and os.path.isfile(args.tmp):
+            os.remove(args.tmp)
 
 
 if __name__ == "__main__":

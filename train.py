@@ -16,7 +16,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -26,12 +28,11 @@ import torch
 from tqdm import tqdm
 
 from backbone import BACKBONES, WeightsNotFound, cpu_bf16
-from data import Batches, DataError, open_dataset
+from data import Batches, DataError, open_like
 from features import build_cache
-from layouts import FLIPS, LAYOUTS, ORIENTATIONS
+from layouts import FLIPS, LAYOUTS, ORIENTATIONS, run_layout
 from loss import rscl_lambda
 from model import SIZES, Policy, make_config, load_checkpoint
-
 
 
 def die(msg, code=2):   # bad input: one clear line on stderr, a non-zero exit, nothing overwritten
@@ -43,7 +44,7 @@ def die(msg, code=2):   # bad input: one clear line on stderr, a non-zero exit, 
 # config: flat, hyphenated flags; vars(args) is the config that is printed, logged and saved
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.error = lambda msg: die(f"{msg}: see python train.py --help")   # argparse's errors in the house form
-p.add_argument("--backbone", default="tiny", help=f"one of {', '.join(BACKBONES)}")
+p.add_argument("--backbone", default="tiny", choices=list(BACKBONES))
 p.add_argument("--backbone-path", default="", help="local folder with the backbone's weights (default: hub id)")
 p.add_argument("--layer", type=int, default=-1, help="LLM layer whose output is the feature (-1: the backbone's default)")
 p.add_argument("--token-pool", type=int, default=1, help="dinov2-s: average-pool p x p patch tokens per view")
@@ -131,6 +132,7 @@ def check_args(a):
             die(f"{flag} {path} is a file: name a folder")
     if a.resume and a.overwrite:
         die("pass --resume (continue the run) or --overwrite (replace it), not both")
+    vars(a).update(run_layout(vars(a)))   # the layout's '' resolved: the config says how the data is read
 
 
 def main():
@@ -146,12 +148,12 @@ def main():
     master = rank == 0
     if args.rscl and args.batch_size < 2:
         die("--rscl needs --batch-size >= 2: the contrastive loss compares samples within a batch")
-    if args.backbone not in BACKBONES:
-        die(f"unknown backbone '{args.backbone}': choose one of {', '.join(BACKBONES)}")
     if args.size not in SIZES:
         die(f"unknown size '{args.size}': choose one of {', '.join(SIZES)}")
     out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}")
     ckpt_path = os.path.join(out, "ckpt.pt")
+    if args.overwrite and os.path.isdir(out) and os.listdir(out) and not {"ckpt.pt", "config.json"} & set(os.listdir(out)):
+        die(f"--overwrite would delete {out}, which is not a run folder (no ckpt.pt or config.json in it): choose another --out")
     if args.overwrite and os.path.realpath(args.data).startswith(os.path.realpath(out) + os.sep):
         die(f"--overwrite would delete {out}, which holds --data {args.data}: choose another --out")
     if args.resume and not os.path.isfile(ckpt_path):
@@ -166,7 +168,8 @@ def main():
         except ValueError as e:
             die(str(e))
         saved, norm = ckpt.get("config", {}), lambda k, v: os.path.realpath(v) if k == "data" else v
-        show = lambda v: ("on" if v else "off") if isinstance(v, bool) else v   # store_true flags
+        saved = {**saved, **run_layout(saved)}   # a run from before --layout read the robomimic layout
+        show = lambda v: ("on" if v else "off") if isinstance(v, bool) else v if v != "" else "''"   # store_true flags
         changed = [f"--{k.replace('_', '-')} {show(v)} (checkpoint: {show(saved.get(k, p.get_default(k)))})"
                    for k, v in vars(args).items() if k not in RESUMABLE and norm(k, v) != norm(k, saved.get(k, p.get_default(k)))]
         if changed:
@@ -176,23 +179,16 @@ def main():
         if 0 < args.stop_after <= step:
             die(f"--stop-after {args.stop_after}: the checkpoint is at step {step} already: give a later step or 0")
 
-    # --- data ---
-    layout = args.layout or ("lerobot" if os.path.isdir(args.data) else "robomimic")   # a folder: a LeRobot dataset
-    spec = dict(layout=layout, cameras=args.cameras.split(",") if args.cameras else None, horizon=args.horizon,
-                proprio_keys=args.proprio_keys.split(",") if args.proprio_keys else None,
-                orientation=args.orientation, flip=args.image_flip, action=args.action_key)
-    try:   # an HDF5 file (data.DemoDataset) or a LeRobot dataset folder (lerobot_data.LeRobotDemos)
-        train_ds = open_dataset(args.data, split="train", max_demos=args.demos_per_task, **spec)
-        val_ds = open_dataset(args.data, split="val", **spec)
-    except DataError as e:
-        die(str(e))
-    cameras = train_ds.cameras
+    # --- data: an HDF5 file (data.DemoDataset) or a LeRobot dataset folder (lerobot_data.LeRobotDemos) ---
+    spec = dict(cameras=args.cameras.split(",") if args.cameras else None, horizon=args.horizon)
+    train_ds = open_like(args.data, vars(args), split="train", max_demos=args.demos_per_task, **spec)
+    val_ds = open_like(args.data, vars(args), split="val", **spec)
 
     # --- model ---
     torch.manual_seed(args.seed + rank)
     cfg = make_config(backbone=args.backbone, backbone_path=args.backbone_path, layer=args.layer, size=args.size,
                       token_pool=args.token_pool, adapter_dropout=args.adapter_dropout, adapter_pos=args.adapter_pos,
-                      cameras=cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
+                      cameras=train_ds.cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
                       horizon=args.horizon, state_dim=train_ds.q[0].shape[1])
     try:
         policy = Policy(cfg, device=device)
@@ -298,8 +294,7 @@ def main():
 
     # --- NaN guard: the first step with a non-finite loss or gradient, kept on the device (no sync per step), read
     # at log, eval and checkpoint steps; a checkpoint is written only if it is clean and the weights give a finite loss
-    run = dict(dir=out if args.resume or not os.path.exists(out) else out + ".new",   # --overwrite: beside the old one
-               saved=step if args.resume else 0, bad=torch.zeros((), dtype=torch.long, device=device))
+    run = dict(dir=out, saved=step if args.resume else 0, bad=torch.zeros((), dtype=torch.long, device=device))
 
     def stop(what, at):
         bar.close()
@@ -327,18 +322,24 @@ def main():
         path = os.path.join(run["dir"], "ckpt.pt")
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)   # atomic: a crash never leaves a half-written ckpt.pt
-        if run["dir"] != out:   # --overwrite: the new run takes the old folder's place (renamed aside, then deleted)
-            shutil.rmtree(out + ".old", ignore_errors=True)
-            os.rename(out, out + ".old")
+        if run["dir"] != out:   # a new run takes out's place at its first checkpoint; an old one (--overwrite) goes
+            if os.path.exists(out):   # aside, into the new folder (a name of ours), then is deleted
+                os.rename(out, os.path.join(run["dir"], "replaced"))
             os.rename(run["dir"], out)
-            shutil.rmtree(out + ".old", ignore_errors=True)
+            shutil.rmtree(os.path.join(out, "replaced"), ignore_errors=True)
             run["dir"] = out
         run["saved"] = it
 
-    if master:   # every check has passed: only now is anything written
-        shutil.rmtree(out + ".new", ignore_errors=True)   # a start killed before its first checkpoint
-        os.makedirs(run["dir"], exist_ok=True)
+    def discard():   # a new run that stops before its first checkpoint (error, NaN, Ctrl-C, kill) leaves nothing
+        if not run["saved"]:
+            shutil.rmtree(run["dir"], ignore_errors=True)
+
+    if master:   # every check has passed: only now is anything written. A new run writes into a folder of its own,
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)   # which takes out's place at its first checkpoint
         if not args.resume:
+            run["dir"] = tempfile.mkdtemp(prefix=os.path.basename(out) + ".incomplete-", dir=os.path.dirname(out) or ".")
+            atexit.register(discard)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # `kill`: exit through atexit, like Ctrl-C
             with open(os.path.join(run["dir"], "config.json"), "w") as f:
                 json.dump(dict(args=vars(args), model=asdict(cfg), stats=policy_stats()), f, indent=1)
         n_train = sum(p.numel() for p in params)
@@ -346,12 +347,6 @@ def main():
               f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, frozen), {n_train / 1e6:.2f}M trainable, "
               f"device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}")
     log = open(os.path.join(run["dir"], "log.jsonl"), "a" if args.resume else "w") if master else None
-
-    def discard():   # a new run that stops before its first checkpoint (error, NaN, Ctrl-C) leaves no folder behind
-        if not run["saved"]:
-            shutil.rmtree(run["dir"], ignore_errors=True)
-    if master and not args.resume:
-        atexit.register(discard)
 
     # --- the loop ---
     policy.train()
@@ -408,4 +403,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:   # bad data met at any point, e.g. a video that stops decoding mid-run (from a loader
+        die(str(e).strip().splitlines()[-1].split("DataError: ")[-1])   # worker: the traceback's last line)

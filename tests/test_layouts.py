@@ -118,8 +118,9 @@ def write_mimicgen(path, n=4, T=12, size=32, seed=0):
 
 
 def lerobot_episodes(kind, n=4, T=12, size=32, seed=0):
-    """Episodes for write_lerobot: 'robocasa' (RoboCasa's 16-D state, 12-D action, 3 cameras) or 'libero' (openpi's
-    image/wrist_image, 8-D state, 7-D `actions`)."""
+    """Episodes for write_lerobot, with each release's feature names: 'robocasa' (RoboCasa's 16-D state, 12-D action,
+    3 cameras), 'libero' (LeRobot's lerobot/libero: observation.images.image/image2, 8-D state, 7-D action) or
+    'libero-openpi' (physical-intelligence/libero: image/wrist_image, state, actions)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -130,6 +131,10 @@ def lerobot_episodes(kind, n=4, T=12, size=32, seed=0):
             out.append({"task": ["open the drawer", "close the drawer"][i % 2], "observation.state": state,
                         "action": rng.uniform(-1, 1, (T, 12)),
                         "frames": {f"observation.images.{c}": images(rng, T, size) for c in cams}})
+        elif kind == "libero":
+            out.append({"task": "put the bowl on the plate", "observation.state": np.hstack([pos, ori, grip]),
+                        "action": rng.uniform(-1, 1, (T, 7)), "frames": {"observation.images.image": images(rng, T, size),
+                                                                         "observation.images.image2": images(rng, T, size)}})
         else:
             out.append({"task": "put the bowl on the plate", "state": np.hstack([pos, ori, grip]),  # pos, axis-angle, grip
                         "actions": rng.uniform(-1, 1, (T, 7)),
@@ -139,13 +144,20 @@ def lerobot_episodes(kind, n=4, T=12, size=32, seed=0):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    """One file per layout; the LeRobot ones as each release stores them: RoboCasa v2.1 with H.264 videos, lerobot/libero
+    v3.0 with AV1 videos (LeRobot's default codec), physical-intelligence/libero v2.0 with PNG frames in parquet."""
     d = tmp_path_factory.mktemp("layouts")
     return dict(libero=write_libero(str(d / "libero.hdf5")), robocasa=write_robocasa(str(d / "robocasa.hdf5")),
-               mimicgen=write_mimicgen(str(d / "mimicgen.hdf5")),
-               robomimic=write_synthetic(str(d / "ours.hdf5"), n_demos=4, T=12, image_size=32),
-               lerobot_v3=write_lerobot(str(d / "robocasa_lerobot"), lerobot_episodes("robocasa"), version="v3.0"),
-               lerobot_v21=write_lerobot(str(d / "libero_lerobot"), lerobot_episodes("libero"), fps=10, version="v2.1",
-                                         image_dtype="image"))
+                mimicgen=write_mimicgen(str(d / "mimicgen.hdf5")),
+                robomimic=write_synthetic(str(d / "ours.hdf5"), n_demos=4, T=12, image_size=32),
+                lerobot_robocasa=write_lerobot(str(d / "robocasa_lerobot"), lerobot_episodes("robocasa"), version="v2.1",
+                                               codec="libx264", robot_type="PandaOmron"),
+                lerobot_libero=write_lerobot(str(d / "libero_lerobot"), lerobot_episodes("libero"), fps=10, version="v3.0"),
+                lerobot_openpi=write_lerobot(str(d / "libero_openpi"), lerobot_episodes("libero-openpi"), fps=10,
+                                             version="v2.0", image_dtype="image"))
+
+
+PRESET = {"lerobot_robocasa": "lerobot-robocasa", "lerobot_libero": "lerobot-libero", "lerobot_openpi": "lerobot-libero-openpi"}
 
 
 def train(*args):
@@ -170,30 +182,42 @@ def test_one_rotation_in_every_format_gives_the_hand_computed_q(orientation):
     np.testing.assert_allclose(q[0], Q_HAND, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["libero", "robocasa", "mimicgen", "lerobot_v3", "lerobot_v21"])
+@pytest.mark.parametrize("layout", ["libero", "robocasa", "mimicgen", "lerobot_robocasa", "lerobot_libero", "lerobot_openpi"])
 def test_each_layout_reads_the_hand_computed_q_and_its_instruction(files, layout):
-    paths = files
-    preset = {"lerobot_v3": "lerobot-robocasa", "lerobot_v21": "lerobot-libero"}.get(layout, layout)
-    ds = open_dataset(paths[layout], preset, split="all", horizon=4)
+    ds = open_dataset(files[layout], PRESET.get(layout, layout), split="all", horizon=4)
     np.testing.assert_allclose(ds.q[0][0], Q_HAND, atol=1e-5)       # step 0 of demo 0 is the known pose
     assert ds.q[0].shape[1] == 10 and np.isfinite(np.concatenate(ds.q)).all()
     want = {"libero": "pick up the black bowl", "robocasa": "pick the apple from the counter and place it in the cabinet",
-            "mimicgen": "Coffee_D0", "lerobot_v3": "open the drawer", "lerobot_v21": "put the bowl on the plate"}[layout]
+            "mimicgen": "Coffee_D0", "lerobot_robocasa": "open the drawer"}.get(layout, "put the bowl on the plate")
     assert ds.instructions[0] == want
     s = ds[0]
     assert s["images"].dtype == np.uint8 and s["images"].shape == (len(ds.cameras), 32, 32, 3)
-    assert s["A"].shape == (4, ds.action_dim) and ds.action_dim == {"robocasa": 12, "lerobot_v3": 12}.get(layout, 7)
+    assert s["A"].shape == (4, ds.action_dim) and ds.action_dim == {"robocasa": 12, "lerobot_robocasa": 12}.get(layout, 7)
 
 
-def test_libero_frames_are_rotated_180_degrees_and_lerobot_frames_match_what_was_written(files):
-    paths = files
-    ds = DemoDataset(paths["libero"], layout="libero", split="all")
-    with h5py.File(paths["libero"]) as f:
-        raw = f["data/demo_0/obs/agentview_rgb"][3]
-    np.testing.assert_array_equal(ds[3]["images"][0], raw[::-1, ::-1])
-    assert np.array_equal(DemoDataset(paths["libero"], layout="libero", split="all", flip="none")[3]["images"][0], raw)
-    ds = open_dataset(paths["lerobot_v21"], "lerobot-libero", split="all")   # PNG in parquet: exact
-    assert np.array_equal(ds[5]["images"][1], lerobot_episodes("libero")[0]["frames"]["wrist_image"][5])
+def test_libero_frames_are_made_upright_alike_from_its_hdf5_and_its_lerobot_releases(tmp_path):
+    """LIBERO's HDF5 stores MuJoCo's bottom-up frames; LeRobot's and openpi's releases store them rotated 180 degrees.
+    Read with their presets, both give the same upright frame: a vertical flip of the stored HDF5 frame (not a
+    rotation, which would mirror left and right), and --image-flip rot180 gives OpenVLA's convention instead."""
+    raw = images(np.random.default_rng(1), 12)                                    # (T, H, W, 3) as LIBERO stores them
+    path = write_libero(str(tmp_path / "libero.hdf5"), n=2)
+    with h5py.File(path, "a") as f:
+        for d in ("demo_0", "demo_1"):
+            f[f"data/{d}/obs/agentview_rgb"][...] = raw
+    ep = lerobot_episodes("libero", n=2)
+    for e in ep:
+        e["frames"]["observation.images.image"] = raw[:, ::-1, ::-1]              # rotated 180 degrees, as released
+    lerobot = write_lerobot(str(tmp_path / "lerobot"), ep, fps=10, version="v3.0", image_dtype="image")
+    upright = raw[5, ::-1]
+    np.testing.assert_array_equal(DemoDataset(path, layout="libero", split="all")[5]["images"][0], upright)
+    np.testing.assert_array_equal(open_dataset(lerobot, "lerobot-libero", split="all")[5]["images"][0], upright)
+    np.testing.assert_array_equal(DemoDataset(path, layout="libero", split="all", flip="rot180")[5]["images"][0],
+                                  raw[5, ::-1, ::-1])
+    assert np.array_equal(DemoDataset(path, layout="libero", split="all", flip="none")[5]["images"][0], raw[5])
+    openpi = write_lerobot(str(tmp_path / "openpi"), lerobot_episodes("libero-openpi", n=2), version="v2.0",
+                           image_dtype="image")
+    ds = open_dataset(openpi, "lerobot-libero-openpi", split="all", flip="none")   # PNG in parquet: exact
+    assert np.array_equal(ds[5]["images"][1], lerobot_episodes("libero-openpi", n=2)[0]["frames"]["wrist_image"][5])
 
 
 def test_video_frames_are_found_by_timestamp(tmp_path):
@@ -227,41 +251,129 @@ def test_constant_dimensions_normalise_to_zero_without_dividing_by_zero():
 # --- train.py a few steps from each layout ---
 
 @pytest.mark.parametrize("layout,extra", [("robomimic", []), ("libero", []), ("robocasa", []), ("mimicgen", []),
-                                          ("lerobot_v3", ["--layout", "lerobot-robocasa", "--cache-features"]),
-                                          ("lerobot_v21", ["--layout", "lerobot-libero", "--rscl"]),
-                                          ("lerobot_v21", ["--layout", "lerobot", "--proprio-keys", "state",
-                                                           "--action-key", "actions"])])
+                                          ("lerobot_robocasa", ["--layout", "lerobot-robocasa", "--cache-features"]),
+                                          ("lerobot_libero", ["--layout", "lerobot-libero", "--rscl"]),
+                                          ("lerobot_openpi", ["--layout", "lerobot-libero-openpi"]),
+                                          ("lerobot_openpi", ["--proprio-keys", "state", "--action-key", "actions"])])
 def test_train_runs_a_few_steps_from_each_layout(files, tmp_path, layout, extra):
-    paths = files
     flags = extra if extra else ["--layout", layout]
-    r = train("--data", paths[layout], *flags, *FAST, "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c"))
+    r = train("--data", files[layout], *flags, *FAST, "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr[-3000:]
     log = [json.loads(l) for l in open(tmp_path / "run" / "log.jsonl") if '"loss_fm"' in l and "val" not in l]
     assert [row["step"] for row in log] == [1, 2, 3] and all(np.isfinite(row["loss_fm"]) for row in log)
     cfg = json.load(open(tmp_path / "run" / "config.json"))
-    want_dim = 8 if "lerobot" in extra else 10        # generic LeRobot: q is the 8-D state as given
+    want_dim = 8 if "--action-key" in extra else 10        # the generic LeRobot layout: q is the 8-D state as given
     assert cfg["model"]["state_dim"] == want_dim and len(cfg["stats"]["q_min"]) == want_dim
+    assert cfg["args"]["layout"] == (PRESET.get(layout, layout) if "--action-key" not in extra else "lerobot")
+
+
+def test_cknna_reads_the_data_as_the_run_did(files, tmp_path):
+    """cknna.py on a LIBERO run (axis-angle, flipped frames) and a generic LeRobot run (q as given): the checkpoint's
+    layout, keys and flip are used; evaluate.py refuses both (the simulator's frames and q are another convention)."""
+    for name, flags in (("libero", ["--layout", "libero"]), ("lerobot_openpi", ["--proprio-keys", "state",
+                                                                                   "--action-key", "actions"])):
+        run = str(tmp_path / name)
+        assert train("--data", files[name], *flags, *FAST[:3], "2", *FAST[4:], "--out", run).returncode == 0
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "cknna.py"), os.path.join(run, "ckpt.pt"), "--data",
+                            files[name], "--split", "all", "--n", "30", "--topk", "3", "--out", str(tmp_path / f"{name}-ck")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows = json.load(open(tmp_path / f"{name}-ck" / "scores.json"))["rows"]
+        assert len(rows) == 3 and all(np.isfinite(row["cknna"]) for row in rows)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), os.path.join(run, "ckpt.pt"), "--out",
+                        str(tmp_path / "ev")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    one_line(r, "does not match the simulator")
 
 
 # --- bad input: one line, a non-zero exit, nothing written ---
 
 def test_bad_layout_inputs_are_one_line_and_write_nothing(files, tmp_path):
-    paths = files
     out = str(tmp_path / "run")
-    one_line(train("--data", paths["libero"], "--layout", "libero", "--cameras", "agentview", "--out", out),
-             "agentview_image", "agentview_rgb", "eye_in_hand_rgb")             # the keys that are there
-    one_line(train("--data", paths["libero"], "--layout", "libero", "--orientation", "quat_xyzw", "--out", out),
+    one_line(train("--data", files["libero"], "--layout", "libero", "--cameras", "agentview", "--out", out),
+             "lacks ['agentview']", "agentview_rgb", "eye_in_hand_rgb")          # the keys that are there
+    one_line(train("--data", files["libero"], "--layout", "libero", "--orientation", "quat_xyzw", "--out", out),
              "ee_ori", "3 numbers", "needs 4", "--orientation axis_angle")
-    one_line(train("--data", paths["robocasa"], "--layout", "robocasa", "--orientation", "axis_angle", "--out", out),
+    one_line(train("--data", files["robocasa"], "--layout", "robocasa", "--orientation", "axis_angle", "--out", out),
              "needs 3", "quat_xyzw or quat_wxyz")
-    one_line(train("--data", paths["libero"], "--layout", "lerobot-libero", "--out", out), "LeRobot dataset folders")
+    one_line(train("--data", files["libero"], "--proprio-keys", "ee_pos[0:x],ee_ori,gripper_states", "--out", out),
+             "ee_pos[0:x]", "name[a:b]")
+    one_line(train("--data", files["libero"], "--layout", "lerobot-libero", "--out", out), "LeRobot dataset folders")
     os.makedirs(tmp_path / "empty" / "data")
     one_line(train("--data", str(tmp_path / "empty"), "--out", out), "without meta/info.json")
-    one_line(train("--data", paths["lerobot_v3"], "--layout", "lerobot-libero", "--out", out),
-             "image", "observation.images.robot0_eye_in_hand")                  # the features that are there
-    broken = str(tmp_path / "broken")
-    shutil.copytree(paths["lerobot_v3"], broken)
-    video = os.path.join(broken, "videos", "observation.images.robot0_eye_in_hand", "chunk-000", "file-000.mp4")
-    open(video, "wb").write(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
-    one_line(train("--data", broken, "--layout", "lerobot-robocasa", "--out", out), "file-000.mp4", "cannot be decoded")
+    one_line(train("--data", files["lerobot_robocasa"], "--layout", "lerobot-libero", "--out", out),
+             "observation.images.image", "observation.images.robot0_eye_in_hand")   # the features that are there
+    assert not os.path.exists(out) and sorted(os.listdir(tmp_path)) == ["empty"]
+
+
+def damaged(src, dst, damage):
+    shutil.copytree(src, dst)
+    damage(dst)
+    return dst
+
+
+def rewrite(path, change):
+    """A parquet file rewritten with change(table) -> table."""
+    import pyarrow.parquet as pq
+    pq.write_table(change(pq.read_table(path)), path)
+
+
+def set_info(root, **fields):
+    info = json.load(open(os.path.join(root, "meta", "info.json")))
+    info.update(fields)
+    json.dump({k: v for k, v in info.items() if v is not None}, open(os.path.join(root, "meta", "info.json"), "w"))
+
+
+def test_every_damaged_lerobot_dataset_is_one_line(files, tmp_path):
+    """Each way a LeRobot dataset can be damaged -> one DataError line naming what is wrong (every episode is checked
+    when the dataset is opened, not when a batch reaches it); through train.py, one line and no run folder."""
+    import pyarrow as pa
+    from data import DataError
+    from lerobot_data import encode_video
+    ep2 = os.path.join("data", "chunk-000", "episode_000002.parquet")
+    video = lambda cam, i: os.path.join("videos", "chunk-000", f"observation.images.{cam}", f"episode_{i:06d}.mp4")
+    cases = {   # episode 3 is a validation one (the last of its task), episode 2 a training one
+        "info.json is not JSON": (lambda d: open(os.path.join(d, "meta", "info.json"), "w").write("{"), "meta/"),
+        "info.json without fps": (lambda d: set_info(d, fps=None), "'fps'"),
+        "an unknown codebase_version": (lambda d: set_info(d, codebase_version="v1.6"), "v1.6"),
+        "no episodes.jsonl": (lambda d: os.remove(os.path.join(d, "meta", "episodes.jsonl")), "episodes.jsonl"),
+        "a column missing": (lambda d: rewrite(os.path.join(d, ep2), lambda t: t.drop(["timestamp"])), "['timestamp']"),
+        "an episode without rows": (lambda d: rewrite(os.path.join(d, ep2), lambda t: t.slice(0, 0)), "no rows"),
+        "an action width unlike info.json": (lambda d: rewrite(os.path.join(d, ep2), lambda t: t.set_column(
+            t.column_names.index("action"), "action", pa.array([r[:5] for r in t.column("action").to_pylist()]))),
+            "meta/info.json says 12"),
+        "a video shorter than its episode": (lambda d: (os.remove(os.path.join(d, video("robot0_eye_in_hand", 3))),
+                                                        encode_video(os.path.join(d, video("robot0_eye_in_hand", 3)),
+                                                                     np.zeros((4, 32, 32, 3), np.uint8), 20)), "lasts"),
+        "a video that is not one": (lambda d: open(os.path.join(d, video("robot0_agentview_left", 3)), "wb").write(
+            b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000)), "cannot be decoded"),
+        "a missing video": (lambda d: os.remove(os.path.join(d, video("robot0_agentview_right", 1))), "is missing"),
+    }
+    for name, (damage, words) in cases.items():
+        root = damaged(files["lerobot_robocasa"], str(tmp_path / name.replace(" ", "_")), damage)
+        for split in ("train", "val"):
+            try:
+                open_dataset(root, "lerobot-robocasa", split=split)
+            except DataError as e:
+                assert words in str(e) and "\n" not in str(e), (name, str(e))
+                break
+        else:
+            raise AssertionError(f"{name}: accepted")
+    sizes = lerobot_episodes("libero")
+    for e in sizes:
+        e["frames"]["observation.images.image2"] = images(np.random.default_rng(0), 12, 48)
+    with pytest.raises(DataError, match="differ in size"):
+        open_dataset(write_lerobot(str(tmp_path / "sizes"), sizes, version="v3.0", image_dtype="image"), "lerobot-libero")
+    out = str(tmp_path / "run")
+    one_line(train("--data", str(tmp_path / "a_video_shorter_than_its_episode"), "--layout", "lerobot-robocasa",
+                   "--out", out), "lasts", "episode_000003")
     assert not os.path.exists(out)
+
+
+def test_raw_proprio_keys_of_other_widths_in_a_later_demo_are_one_line(tmp_path):
+    from data import DataError
+    path = write_mimicgen(str(tmp_path / "m.hdf5"))
+    with h5py.File(path, "a") as f:
+        del f["data/demo_3/obs/robot0_gripper_qpos"]
+        f["data/demo_3/obs/robot0_gripper_qpos"] = np.zeros((12, 1))
+    with pytest.raises(DataError, match="one shape per key"):
+        DemoDataset(path, layout="mimicgen", orientation="raw")

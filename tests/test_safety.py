@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -50,13 +51,22 @@ def test_outputs_are_refused_or_replaced_whole_never_mixed(run, synthetic, tmp_p
     out = tmp_path / "fig"
     out.mkdir()
     (out / "stale.png").write_text("an earlier analysis")
+    (out / "scores.json").write_text("{}")
+    for name in ("fig.old", "fig.new"):   # the user's own folders beside it, named as people name them
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text("the user's")
     one_line(script("cknna.py", ckpt, "--data", synthetic, "--n", "20", "--out", str(out)), "--overwrite")
     one_line(script("evaluate.py", ckpt, "--out", str(out)), "--overwrite")
-    assert os.listdir(out) == ["stale.png"]
+    # --overwrite replaces only a folder of its own script's: not an analysis (no scores.json) nor a run folder
+    one_line(script("evaluate.py", ckpt, "--out", str(out), "--overwrite"), "no results.json")
+    one_line(script("cknna.py", ckpt, "--data", synthetic, "--n", "20", "--out", str(tmp_path / "fig.old"),
+                    "--overwrite"), "no scores.json")
+    assert sorted(os.listdir(out)) == ["scores.json", "stale.png"]
     r = script("cknna.py", ckpt, "--data", synthetic, "--n", "20", "--out", str(out), "--overwrite", "--split", "all")
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == ["alignment.png", "projection_rscl.png", "scores.json"]   # replaced, not mixed
-    assert sorted(os.listdir(tmp_path)) == ["fig"]                                             # no temp folder left
+    assert sorted(os.listdir(tmp_path)) == ["fig", "fig.new", "fig.old"]                       # no temp folder left
+    assert all(os.listdir(tmp_path / n) == ["mine.txt"] for n in ("fig.old", "fig.new"))       # nothing of theirs touched
     # two checkpoints of one folder, one folder name in two places: every bar of the plot gets its own name
     assert run_names(["runs/a/ckpt.pt", "runs/a/ckpt_500.pt", "runs/b/ckpt.pt"]) == ["a/ckpt", "a/ckpt_500", "b/ckpt"]
     assert run_names(["x/run/ckpt.pt", "y/run/ckpt.pt"]) == ["x/run/ckpt", "y/run/ckpt"]
@@ -79,6 +89,7 @@ def fake_episode(job):
 def test_sim_overwrite_replaces_the_file_only_when_complete(tmp_path, monkeypatch):
     old = write_synthetic(str(tmp_path / "demos.hdf5"), n_demos=8, T=5, image_size=16)
     before = open(old, "rb").read()
+    (tmp_path / "demos.hdf5.new").write_text("the user's")   # a name people give files: never sim.py's to delete
     one_line(script("sim.py", "--tasks", "lift", "--episodes", "1", "--out", old, "--overwrite", "--workers", "0"),
              "--workers")
     monkeypatch.setattr(sim, "check_gl", lambda: None)
@@ -95,12 +106,27 @@ def test_sim_overwrite_replaces_the_file_only_when_complete(tmp_path, monkeypatc
     monkeypatch.setattr(sim, "_episode", crash_on_second)
     with pytest.raises(RuntimeError):
         sim.main()
-    assert open(old, "rb").read() == before and os.listdir(tmp_path) == ["demos.hdf5"]   # as it was, nothing beside
+    assert open(old, "rb").read() == before and sorted(os.listdir(tmp_path)) == ["demos.hdf5", "demos.hdf5.new"]
     monkeypatch.setattr(sim, "_episode", fake_episode)
     sim.main()
     with h5py.File(old) as f:
         assert sorted(f["data"]) == ["demo_0", "demo_1"] and f["data/demo_0"].attrs["task"] == "lift"
-    assert os.listdir(tmp_path) == ["demos.hdf5"]
+    assert sorted(os.listdir(tmp_path)) == ["demos.hdf5", "demos.hdf5.new"]
+    assert (tmp_path / "demos.hdf5.new").read_text() == "the user's"
+    # --extend checks the demos there before writing anything: another project's file, or other cameras or sizes
+    libero = str(tmp_path / "libero.hdf5")
+    with h5py.File(libero, "w") as f:
+        f["data/demo_0/obs/agentview_rgb"] = np.zeros((3, 16, 16, 3), np.uint8)
+        f["data/demo_0"].attrs["num_samples"] = 3
+    for path, size, words in ((libero, "16", "did not collect"), (old, "32", "('agentview', 16)")):
+        before = open(path, "rb").read()
+        monkeypatch.setattr(sys, "argv", ["sim.py", "--tasks", "lift", "--episodes", "3", "--out", path, "--extend",
+                                          "--workers", "1", "--image-size", size])
+        with pytest.raises(SystemExit):
+            sim.main()
+        assert open(path, "rb").read() == before, path
+    one_line(script("sim.py", "--out", str(tmp_path)), "a folder")
+    one_line(script("sim.py", "--out", os.path.join(ROOT, "README.md"), "--overwrite"), "not HDF5")
 
 
 # 3. the NaN guard: names the step, keeps a checkpoint that resumes, tells the truth when there is none ------------
@@ -163,9 +189,21 @@ def test_resume_refuses_flags_that_change_the_experiment(run, synthetic, tmp_pat
     base = ["--data", synthetic, "--max-iters", "2", "--ckpt-every", "1", "--out", copy, "--resume", *FAST]
     one_line(script("train.py", *base, "--cameras", "agentview"), "--rscl off (checkpoint: on)", "--cameras agentview")
     one_line(script("train.py", *base, "--rscl", "--beta", "0.1", "--sampling", "uniform"), "--beta 0.1", "--sampling")
+    one_line(script("train.py", *base, "--rscl", "--image-flip", "vflip"), "--image-flip vflip (checkpoint: none)")
     assert open(os.path.join(copy, "ckpt.pt"), "rb").read() == before
-    r = script("train.py", *base, "--rscl", "--workers", "1", "--log-every", "2", "--eval-every", "5", "--device", "cpu")
+    r = script("train.py", *base, "--rscl", "--workers", "1", "--log-every", "2", "--eval-every", "5", "--device", "cpu",
+               "--layout", "robomimic", "--image-flip", "none", "--orientation", "quat_xyzw")   # the defaults, named
     assert r.returncode == 0, r.stderr
+
+
+def test_evaluate_refuses_a_checkpoint_whose_data_the_simulator_does_not_give(synthetic, tmp_path):
+    """A run trained on flipped frames (or another q) would be fed the simulator's upright frames and 10-D q: refused."""
+    out = str(tmp_path / "flipped")
+    assert script("train.py", "--data", synthetic, "--image-flip", "vflip", "--max-iters", "1", "--out", out,
+                  *FAST).returncode == 0
+    one_line(script("evaluate.py", os.path.join(out, "ckpt.pt"), "--out", str(tmp_path / "ev")), "--image-flip vflip",
+             "upright")
+    assert sorted(os.listdir(tmp_path)) == ["flipped"]
 
 
 # 6. every demo is checked when a data set is opened -----------------------------------------------------------------
@@ -228,9 +266,23 @@ def test_a_damaged_feature_cache_is_rebuilt(synthetic, tmp_path, capsys):
 
 def test_failed_starts_leave_nothing_and_overwrite_never_appends(run, synthetic, tmp_path):
     out = str(tmp_path / "run")
+    for name in ("run.old", "run.new"):   # the user's own folders beside it, named as people name them
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text("the user's")
     r = script("train.py", "--data", synthetic, "--out", out, "--max-iters", "3", "--lr", "1e30", *FAST)
     one_line(r, "no checkpoint")
     assert not os.path.exists(out)                                       # the next attempt is not told "exists"
+    # killed (`kill`, SIGTERM) before its first checkpoint: nothing is left either
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--data", synthetic, "--out", out,
+                          "--max-iters", "100000", "--ckpt-every", "100000", *FAST], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):   # until its first logged step
+        logs = [os.path.join(tmp_path, d, "log.jsonl") for d in os.listdir(tmp_path) if d.startswith("run.incomplete")]
+        if logs and os.path.isfile(logs[0]) and os.path.getsize(logs[0]):
+            break
+        time.sleep(0.5)
+    p.terminate()
+    assert p.wait(60) == 143 and logs and sorted(os.listdir(tmp_path)) == ["run.new", "run.old"]
     assert script("train.py", "--data", synthetic, "--out", out, "--max-iters", "2", *FAST).returncode == 0
     first = open(os.path.join(out, "log.jsonl")).read()
     (tmp_path / "run" / "notes.txt").write_text("from the first run")
@@ -242,4 +294,8 @@ def test_failed_starts_leave_nothing_and_overwrite_never_appends(run, synthetic,
     assert script("train.py", "--data", synthetic, "--out", out, "--max-iters", "3", "--overwrite", *FAST).returncode == 0
     steps = [json.loads(l)["step"] for l in open(os.path.join(out, "log.jsonl")) if '"loss_fm"' in l and "val_" not in l]
     assert steps == [1, 2, 3] and sorted(os.listdir(out)) == ["ckpt.pt", "config.json", "log.jsonl"]
-    assert sorted(os.listdir(tmp_path)) == ["run"]
+    assert sorted(os.listdir(tmp_path)) == ["run", "run.new", "run.old"]
+    assert all(os.listdir(tmp_path / n) == ["mine.txt"] for n in ("run.old", "run.new"))   # nothing of theirs touched
+    # --overwrite replaces a run folder, never a folder of other things (e.g. the folder holding every run)
+    one_line(script("train.py", "--data", synthetic, "--out", str(tmp_path), "--overwrite", *FAST), "not a run folder")
+    assert sorted(os.listdir(tmp_path)) == ["run", "run.new", "run.old"]
