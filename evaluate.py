@@ -41,8 +41,8 @@ p.add_argument("--tasks", default="lift")
 p.add_argument("--episodes", type=int, default=10, help="episodes per task")
 p.add_argument("--appearance", default="seen", choices=["seen", "unseen"], help="training-like or held-out looks")
 p.add_argument("--execute", type=int, default=8, help="actions executed per predicted chunk before re-planning")
-p.add_argument("--init-noise", type=float, default=0.0,
-               help="std of the flow's starting point x0 at inference: 0 = deterministic (default), 1 = sampling (GR00T)")
+p.add_argument("--init-noise", type=float, default=1.0,
+               help="std of the flow's starting point x0 at inference: 1 = sampling (GR00T, default), 0 = deterministic")
 p.add_argument("--horizon", type=int, default=0, help="max env steps per episode (0: the task's default)")
 p.add_argument("--workers", type=int, default=2, help="env worker processes")
 p.add_argument("--videos", type=int, default=2, help="episodes saved as GIF (first ones of each task)")

@@ -338,7 +338,7 @@ class Policy(nn.Module):
         -> actions (B, H, action_dim) in env units. The condition h is computed once for all K steps.
         noise: the std of the starting point x0 of the Euler integration. 1 draws a sample from the learned
         chunk distribution (GR00T); 0 follows the one path that starts at the centre of the noise, the same
-        chunk for the same input (deterministic; see README, how the CPU default was chosen)."""
+        chunk for the same input (deterministic)."""
         c = self.encode(images, instructions)
         qn = self.normalize(q.to(c["h"].device).float(), "q")
         B = qn.shape[0]
