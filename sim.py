@@ -1,6 +1,6 @@
 """
 Everything robosuite: the env (Panda, OSC pose, two exterior cameras + the wrist camera), the
-observation the policy reads, exact episode seeding, appearance variation, scripted experts, and
+observation the policy reads, exact episode seeding, the scripted experts' rollouts (experts.py), and
 the demo collector:
 
     python sim.py --tasks lift,can,stack --episodes 20 --out data/demos.hdf5
@@ -8,7 +8,7 @@ the demo collector:
 
 Demos are written in robomimic's HDF5 layout (what data.py reads), successful ones only, each with
 its seed and appearance. Collection and evaluation (evaluate.py) make envs and observations here,
-so they cannot drift apart. Appearance: table, floor, wall (and, for lift, cube) colours and the
+so they cannot drift apart. Appearance (looks.py): table, floor, wall (and, for lift, cube) colours and the
 light are drawn per episode; "seen" looks (collection) and "unseen" looks (an OOD evaluation) take
 their hues from disjoint ranges, so a held-out look is truly new.
 
@@ -18,7 +18,6 @@ Note: mj_step computes positions before it integrates, so obs t (from the last s
 and states[t] differ by one 2 ms physics substep: a replayed state reproduces obs t to ~0.5 mm.
 """
 import argparse
-import colorsys
 import json
 import os
 import signal
@@ -29,15 +28,13 @@ import types
 import numpy as np
 
 from experts import Expert, can_waypoints, lift_waypoints, stack_waypoints
+from looks import HUES, appearance, apply_appearance  # noqa: F401 (sim.appearance is part of sim's interface)
 
 CAMERAS = ("agentview", "frontview", "robot0_eye_in_hand")   # two exterior views + the wrist ("sideview": not in PickPlaceCan)
 ALL_CAMERAS = ("agentview", "frontview", "birdview", "robot0_robotview", "robot0_eye_in_hand")   # in all three tasks
 ACTION_DIM = 7   # dx, dy, dz (x 0.05 m), dax, day, daz (x 0.5 rad), gripper (-1 open, +1 closed)
 PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 EXTRA_STEPS = 5  # steps recorded after success is first reached, so a demo shows the task done
-HUES = {"seen": (0.0, 0.5), "unseen": (0.5, 1.0)}   # appearance splits: disjoint hue ranges
-SURFACES = {"table": ("table_ceramic", "table_mat", "light-wood", "dark-wood"),   # work surface (bins for can)
-            "floor": ("floorplane",), "walls": ("walls_mat",)}
 GL_HELP = ("install EGL (apt-get install -y libegl1 libopengl0 libgl1-mesa-dri libgl1 libglib2.0-0) or OSMesa "
            "(apt-get install -y libosmesa6 libgl1 libglib2.0-0) and choose it with MUJOCO_GL=egl|osmesa")
 
@@ -130,41 +127,6 @@ def fast_rendering(env):
     ctx.render = render_in_own_context
 
 
-def appearance(split, i):
-    """The look of episode i ("seen" or "unseen"): RGB tints of table, floor, walls and (lift) the cube,
-    the light's brightness and a shift of its direction. 'seen' hues lie in [0, 0.5), 'unseen' hues in
-    [0.5, 1): the held-out looks are disjoint. Brightness and light ranges are shared."""
-    lo, hi = HUES[split]
-    rng = np.random.default_rng([list(HUES).index(split), i])
-    tint = lambda s=(0.2, 0.8), v=(0.5, 1.0): [round(c, 3) for c in colorsys.hsv_to_rgb(
-        lo + (hi - lo) * rng.random(), rng.uniform(*s), rng.uniform(*v))]
-    look = dict(split=split, id=int(i), table=tint(), floor=tint(), walls=tint(), light=round(float(rng.uniform(0.5, 0.9)), 3))
-    look.update(object=tint((0.6, 1.0), (0.6, 1.0)), light_dir=[round(float(x), 3) for x in rng.uniform(-0.4, 0.4, 2)])
-    return look
-
-
-def apply_appearance(env, look):
-    """Edit the compiled model in place (material colours, the light); look=None restores the stock look.
-    Only visual parameters change, so the physics, and the experts, are the same under any look."""
-    import mujoco
-    m, stock = env.sim.model._model, env.stock_look
-    m.mat_rgba[:], m.mat_texid[:] = stock["mat_rgba"], stock["mat_texid"]
-    m.light_diffuse[:], m.light_dir[:] = stock["light_diffuse"], stock["light_dir"]
-    if look is None:
-        return
-    material = lambda name: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_MATERIAL, name)
-    for key, names in SURFACES.items():
-        for k in map(material, names):
-            if k >= 0:
-                m.mat_rgba[k, :3] = look[key]   # multiplies the material's texture
-    for k in map(material, TASKS[env.task]["recolour"]):
-        if "object" in look:   # a plain colour: a tint over the red wood texture would only darken it
-            m.mat_rgba[k, :3], m.mat_texid[k] = look["object"], -1
-    m.light_diffuse[:] = look["light"]
-    m.light_dir[:, :2] += look.get("light_dir", [0, 0])
-    m.light_dir[:] /= np.linalg.norm(m.light_dir, axis=1, keepdims=True)
-
-
 def reset(env, seed, look=None):
     """Reset to episode `seed` with appearance `look` (None: robosuite's stock look), exactly: the env's
     and the placement samplers' generators are replaced by fresh ones first (robosuite has no
@@ -176,7 +138,7 @@ def reset(env, seed, look=None):
         s = samplers.pop()
         s.rng = env.rng
         samplers += list(getattr(s, "samplers", {}).values())
-    apply_appearance(env, look)   # the soft reset keeps the model, so the first frame has the look
+    apply_appearance(env, look, TASKS[env.task]["recolour"])   # the soft reset keeps the model: the first frame has it
     return env.reset()
 
 
