@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from cknna import cknna, die, extract, mutual_knn, run_names, swap_in
+from stats import spearman, spearman_interval, spearman_p, wilson
 
 TARGETS = {"q": "state q", "action": "next action", "chunk": "action chunk"}
 
@@ -106,52 +107,6 @@ def shuffled(X, tgts, topk, name, seed=0):
 # -----------------------------------------------------------------------------
 # alignment against success
 
-def ranks(x):
-    """Ranks 1..n of x (n,), ties given their average rank."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(1, len(x) + 1)
-    for v in np.unique(x):                                          # ties share their mean rank
-        r[x == v] = r[x == v].mean()
-    return r
-
-
-def spearman(x, y):
-    """Spearman's rank correlation: Pearson's r of the (tie-averaged) ranks; NaN if x or y is constant."""
-    rx, ry = ranks(x) - ranks(x).mean(), ranks(y) - ranks(y).mean()
-    den = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
-    return float((rx * ry).sum() / den) if den > 0 else float("nan")
-
-
-def bootstrap_spearman(x, y, n_boot=2000, seed=0):
-    """95% percentile interval of Spearman's rho over runs resampled with replacement. Resamples where x or y
-    is constant have no rho and are left out. Returns (lo, hi, resamples used); (nan, nan, 0) under 3 runs."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if len(x) < 3:
-        return float("nan"), float("nan"), 0
-    rng = np.random.default_rng(seed)
-    rho = [spearman(x[i], y[i]) for i in rng.integers(0, len(x), (n_boot, len(x)))]
-    rho = np.array([r for r in rho if np.isfinite(r)])
-    if len(rho) == 0:
-        return float("nan"), float("nan"), 0
-    return float(np.percentile(rho, 2.5)), float(np.percentile(rho, 97.5)), len(rho)
-
-
-def permutation_p(x, y, n_perm=10000, seed=0):
-    """Two-sided p-value of Spearman's rho under no association: the fraction of orderings of y whose |rho| is at
-    least the observed one; every ordering when there are at most 8 runs (exact), else n_perm random ones."""
-    import itertools
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    rho = abs(spearman(x, y))
-    if not np.isfinite(rho):
-        return float("nan")
-    rng = np.random.default_rng(seed)
-    orders = itertools.permutations(range(len(y))) if len(y) <= 8 else (rng.permutation(len(y)) for _ in range(n_perm))
-    hits = [abs(spearman(x, y[list(o)])) >= rho - 1e-12 for o in orders]
-    return float(np.mean(hits))
-
-
 def results_of(ckpt, appearance):
     """The evaluate.py results.json beside a checkpoint (eval-*/results.json of that appearance): exactly one."""
     folder = os.path.dirname(os.path.abspath(ckpt))
@@ -213,12 +168,14 @@ def plot_layers(rows, path, marked, title):
 
 
 def plot_success(runs, rho, ci, p, path, appearance):
-    """Scatter of CKNNA(h, q) against closed-loop success, one point per run, with Spearman's rho and its interval."""
+    """Scatter of CKNNA(h, q) against closed-loop success (95% Wilson bars), one point per run; Spearman's rho,
+    its bootstrap interval and permutation p in the title."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.0, 4.6))
     ax = fig.subplots()
-    for r in runs:
-        ax.plot(r["cknna_h_q"], r["success"], "o", color="C0")
+    for r in runs:                                                   # success with its 95% Wilson interval
+        ax.errorbar(r["cknna_h_q"], r["success"], yerr=[[r["success"] - r["wilson95"][0]], [r["wilson95"][1] - r["success"]]],
+                    fmt="o", color="C0", capsize=3)
         ax.annotate(f"{r['run']} ({r['successes']}/{r['episodes']})", (r["cknna_h_q"], r["success"]), fontsize=8,
                     xytext=(4, 4), textcoords="offset points")
     ci_text = f"95% CI {ci[0]:+.2f} to {ci[1]:+.2f} (bootstrap over runs)" if np.isfinite(ci[0]) else "no interval under 3 runs"
@@ -237,9 +194,14 @@ def sweep(args, tmp):
     """Everything the command computes, written into folder tmp. Returns the scores.json dict."""
     from backbone import BACKBONES, Backbone
     from data import open_dataset
-    from model import Policy, load_checkpoint
+    from model import Policy, PolicyConfig, load_checkpoint
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfgs = [load_checkpoint(c)["model_config"] for c in args.ckpt]
+    for path, cfg in zip(args.ckpt, cfgs):
+        if set(cfg) - set(PolicyConfig.__dataclass_fields__):
+            raise ValueError(f"checkpoint {path} has config fields this model.py lacks "
+                             f"({', '.join(sorted(set(cfg) - set(PolicyConfig.__dataclass_fields__)))}): it was "
+                             f"written by another version; analyse it with that version")
     name = args.backbone or (cfgs[0]["backbone"] if cfgs else "dinov2-s")
     if name not in BACKBONES or BACKBONES[name][0] == "siglip" or args.token == "cls" and BACKBONES[name][0] != "dinov2":
         raise ValueError(f"--backbone {name} --token {args.token}: the layer sweep reads dinov2-s (mean or cls) and "
@@ -310,10 +272,10 @@ def success(args, runs, rows, path):
             return None
     for r, f in zip(runs, files):
         r["results"], (r["successes"], r["episodes"]) = f, success_of(f)
-        r["success"] = r["successes"] / max(1, r["episodes"])
+        r["success"], r["wilson95"] = r["successes"] / max(1, r["episodes"]), wilson(r["successes"], r["episodes"])
         r["cknna_h_q"] = next(x["cknna"] for x in rows if x["kind"] == "h" and x["run"] == r["run"] and x["target"] == "q")
     x, y = [r["cknna_h_q"] for r in runs], [r["success"] for r in runs]
-    rho, (lo, hi, used), p = spearman(x, y), bootstrap_spearman(x, y, args.bootstrap), permutation_p(x, y)
+    rho, (lo, hi, used), p = spearman(x, y), spearman_interval(x, y, args.bootstrap), spearman_p(x, y)
     plot_success(runs, rho, (lo, hi), p, path, args.appearance)
     return dict(spearman=rho, ci95=[lo, hi], bootstrap=args.bootstrap, bootstrap_used=used, permutation_p=p,
                 appearance=args.appearance)

@@ -12,6 +12,7 @@ import torch
 
 import alignment as al
 import cknna as ck
+import stats
 from backbone import Backbone
 from data import DemoDataset, collate
 
@@ -21,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def cut_copy(full, k):
     """The backbone cut after layer k, holding exactly full's weights (not a fresh seeded init)."""
     cut = Backbone(full.name, layer=k, pool=full.pool)
+    cut.cpu_bf16 = full.cpu_bf16
     prefix = "language_model.layers." if full.family == "qwen2.5-vl" else "encoder.layer."
     cut.model.load_state_dict({n: p for n, p in full.model.state_dict().items()
                                if not n.startswith(prefix) or int(n[len(prefix):].split(".")[0]) < k})
@@ -45,6 +47,7 @@ def few(synthetic):
 def test_tiny_every_llm_layer_equals_cknna_of_the_backbone_cut_there(few):
     ds, idx, batch = few
     full = Backbone("tiny", layer=4)
+    full.cpu_bf16 = False   # exact float32 here (bf16 autocast, where the CPU has it, is checked below)
     feats = al.layer_features(full, ds, idx, batch_size=7)                 # batches that do not divide N
     assert list(feats) == ["v0", "v1", "v2", "l0", "l1", "l2", "l3", "l4"]
     tgts = al.targets(ds, idx, ds.stats())
@@ -61,6 +64,7 @@ def test_tiny_every_llm_layer_equals_cknna_of_the_backbone_cut_there(few):
 def test_tiny_vision_blocks_and_llm_inputs_match_transformers_hidden_states(few):
     _, _, batch = few
     bb = Backbone("tiny")
+    bb.cpu_bf16 = False
     got = bb.layer_features(batch["images"], batch["instructions"])
     B, V = batch["images"].shape[:2]
     inputs = bb.prepare(batch["images"], batch["instructions"])
@@ -78,6 +82,8 @@ def test_dinov2_layers_equal_the_cut_backbone_and_cls(synthetic):
     ds = DemoDataset(synthetic, split="all")
     batch = collate([ds[i] for i in (0, 33, 77)])
     full = Backbone("dinov2-s", pool=2)
+    fast = full.layer_features(batch["images"], batch["instructions"])["12"] if full.cpu_bf16 else None
+    full.cpu_bf16 = False
     got = full.layer_features(batch["images"], batch["instructions"])
     assert list(got) == [str(i) for i in range(13)] and got["12"].shape == (3, 384)
     assert torch.allclose(got["12"], pooled_forward(full, batch), atol=1e-5)   # mean of 2 x 2 pooled = mean of all
@@ -87,6 +93,8 @@ def test_dinov2_layers_equal_the_cut_backbone_and_cls(synthetic):
     with torch.no_grad():
         ref = full.model(pixel_values=dinov2_pixels(full.model, batch["images"], 2)).last_hidden_state[:, 0]
     assert torch.allclose(cls, ref.view(3, 3, -1).mean(1), atol=1e-5)
+    if fast is not None:   # bf16 autocast (as forward() runs on this CPU): close to the float32 features
+        assert torch.nn.functional.cosine_similarity(fast, got["12"], dim=-1).min() > 0.999
     with pytest.raises(ValueError, match="not tiny with cls pooling"):
         Backbone("tiny").layer_features(batch["images"], batch["instructions"], token="cls")
 
@@ -95,14 +103,14 @@ def test_dinov2_layers_equal_the_cut_backbone_and_cls(synthetic):
 
 def test_targets_are_minmax_then_unit_rows(few):
     ds, idx, batch = few
-    stats = ds.stats()
-    t = al.targets(ds, idx, stats)
-    lo, hi = torch.tensor(stats["q_min"]), torch.tensor(stats["q_max"])
+    minmax = ds.stats()
+    t = al.targets(ds, idx, minmax)
+    lo, hi = torch.tensor(minmax["q_min"]), torch.tensor(minmax["q_max"])
     q = 2 * (batch["q"].double() - lo) / (hi - lo).clamp_min(1e-6) - 1
     assert torch.allclose(t["q"], q / q.norm(dim=1, keepdim=True), atol=1e-9)
     assert t["action"].shape == (24, 7) and t["chunk"].shape == (24, 16 * 7)
     assert torch.allclose(t["chunk"].norm(dim=1), torch.ones(24, dtype=torch.float64))
-    a_lo, a_hi = torch.tensor(stats["a_min"]), torch.tensor(stats["a_max"])
+    a_lo, a_hi = torch.tensor(minmax["a_min"]), torch.tensor(minmax["a_max"])
     a0 = 2 * (batch["A"][:, 0].double() - a_lo) / (a_hi - a_lo).clamp_min(1e-6) - 1
     assert torch.allclose(t["action"], a0 / a0.norm(dim=1, keepdim=True), atol=1e-9)
 
@@ -149,19 +157,19 @@ def test_episode_time_control_knows_only_episode_and_time(few):
 # --- alignment against success ---
 
 def test_spearman_and_its_intervals():
-    assert al.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)             # 1 - 6 * 2 / (4 * 15)
-    assert al.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert al.ranks([3, 1, 3, 2]).tolist() == [3.5, 1.0, 3.5, 2.0]                  # ties share the mean rank
-    assert np.isnan(al.spearman([1, 2, 3], [0.5, 0.5, 0.5]))
+    assert stats.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)             # 1 - 6 * 2 / (4 * 15)
+    assert stats.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert stats.ranks([3, 1, 3, 2]).tolist() == [3.5, 1.0, 3.5, 2.0]                  # ties share the mean rank
+    assert np.isnan(stats.spearman([1, 2, 3], [0.5, 0.5, 0.5]))
     x, y = [0.1, 0.4, 0.2, 0.9, 0.5, 0.3], [0.0, 0.3, 0.1, 0.6, 0.2, 0.2]
-    scipy = pytest.importorskip("scipy.stats")
-    assert al.spearman(x, y) == pytest.approx(scipy.spearmanr(x, y).statistic, abs=1e-12)
-    lo, hi, used = al.bootstrap_spearman(x, y, 500)
-    assert -1 <= lo <= al.spearman(x, y) <= hi <= 1 and 400 < used <= 500
-    assert al.bootstrap_spearman(x, y, 500) == (lo, hi, used)                      # seeded
-    assert np.isnan(al.bootstrap_spearman(x[:2], y[:2])[0])                        # no interval under 3 runs
-    assert al.permutation_p([1, 2, 3], [1, 2, 3]) == pytest.approx(2 / 6)         # 2 of 3! orders give |rho| = 1
-    assert al.permutation_p([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(2 / 24)
+    lo, hi, used = stats.spearman_interval(x, y, 500)
+    assert -1 <= lo <= stats.spearman(x, y) <= hi <= 1 and 400 < used <= 500
+    assert stats.spearman_interval(x, y, 500) == (lo, hi, used)                      # seeded
+    assert np.isnan(stats.spearman_interval(x[:2], y[:2])[0])                        # no interval under 3 runs
+    assert stats.spearman_p([1, 2, 3], [1, 2, 3]) == pytest.approx(2 / 6)         # 2 of 3! orders give |rho| = 1
+    assert stats.spearman_p([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(2 / 24)
+    scipy = pytest.importorskip("scipy.stats")   # an independent implementation, where installed
+    assert stats.spearman(x, y) == pytest.approx(scipy.spearmanr(x, y).statistic, abs=1e-12)
 
 
 # --- the command ---
@@ -173,14 +181,14 @@ def run(*args):
 def test_command_with_checkpoints_and_success(synthetic, tmp_path):
     from dataclasses import asdict
     from model import Policy, make_config
-    stats = DemoDataset(synthetic, split="train").stats()
+    minmax = DemoDataset(synthetic, split="train").stats()
     ckpts = []
     for i, wins in enumerate((3, 9, 14)):      # three policies (differently seeded adapters), each evaluated
         cfg = make_config(backbone="tiny", image_size=32)
         policy = Policy(cfg)                   # building the tiny backbone seeds torch with 0: seed the adapter after
         torch.manual_seed(i)
         policy.init_weights()
-        policy.set_stats(stats)
+        policy.set_stats(minmax)
         os.makedirs(tmp_path / f"p{i}" / "eval-lift-seen")
         torch.save(dict(model=policy.trainable_state_dict(), model_config=asdict(cfg)), tmp_path / f"p{i}" / "ckpt.pt")
         json.dump(dict(appearance="seen", summary=dict(lift=dict(successes=wins, episodes=20))),
@@ -195,6 +203,7 @@ def test_command_with_checkpoints_and_success(synthetic, tmp_path):
     assert {(k, k, f"p{i}") for k in ("h", "z") for i in range(3)} < kinds and len(s["rows"]) == (6 + 2 + 6) * 3
     assert s["policy_layer"] == "l2" and s["n"] == 60 and s["backbone"] == "tiny"
     assert [x["success"] for x in s["runs"]] == [0.15, 0.45, 0.7] and np.isfinite(s["success"]["spearman"])
+    assert s["runs"][0]["wilson95"] == pytest.approx(stats.wilson(3, 20))
     assert (out / "layers.png").stat().st_size > 10_000 and (out / "success.png").stat().st_size > 10_000
     # CKNNA(h, q) equals cknna.py's analysis (`python cknna.py CKPT --n 60`: its draw, its extract, its q)
     policy = Policy.from_checkpoint(str(ckpts[1]))
