@@ -106,8 +106,11 @@ def test_parity_torch_inputs(dtype, normalise):
 
 
 def test_parity_across_chunks(monkeypatch):
-    # 37-row chunks (not dividing N = 300): rows and diagonal offsets cross chunk borders
-    monkeypatch.setattr(ck, "CHUNK_BYTES", 8 * 300 * 37)
+    # 37-row chunks and 64-row blocks (not dividing N = 300): rows and diagonal offsets cross
+    # chunk and block borders in the float64 path and in the float32 search
+    import knn
+    monkeypatch.setattr(knn, "CHUNK_BYTES", 8 * 300 * 37)
+    monkeypatch.setattr(knn, "BLOCK", 64)
     A, B = make_pair(300, seed=1, normalise=True)
     assert abs(ck.cknna(A, B, 10) - dense_cknna(A, B, 10)) < 1e-6
     assert abs(ck.mutual_knn(A, B, 10) - dense_mutual_knn(A, B, 10)) < 1e-6
