@@ -120,8 +120,15 @@ class Block(nn.Module):
         self.mlp = MLP(dim, 4 * dim, dropout=dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, mask):
-        x = x + self.drop(self.attn(self.ln1(x), kv_mask=mask))
+    def forward(self, x, mask, last_only=False):
+        """x (B, T, D), mask (B, T) -> (B, T, D); last_only: the last position's output alone (B, 1, D),
+        its query attending to every token (keys and values from all T, attention and MLP for 1)."""
+        y = self.ln1(x)
+        if last_only:
+            x, q = x[:, -1:], y[:, -1:]                                     # (B, 1, D)
+            x = x + self.drop(self.attn(q, kv=y, kv_mask=mask))
+        else:
+            x = x + self.drop(self.attn(y, kv_mask=mask))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -136,15 +143,27 @@ class Adapter(nn.Module):
         self.u = nn.Parameter(torch.zeros(D))   # the summarization token (init in Policy.init_weights)
         self.blocks = nn.ModuleList([Block(D, heads, dropout) for _ in range(layers)])
 
-    def forward(self, feats, mask):
-        """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
+    def tokens(self, feats, mask):
+        """[feats | u] (B, N+1, D) and its mask (B, N+1): the blocks' input."""
         B = feats.shape[0]
         x = self.proj_in(self.ln(feats))                                                   # (B, N, D)
         x = torch.cat([x, self.u.expand(B, 1, -1).to(x.dtype)], dim=1)                     # (B, N+1, D)
-        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)                              # (B, N+1)
+        return x, torch.cat([mask, mask.new_ones(B, 1)], dim=1)                           # (B, N+1)
+
+    def forward(self, feats, mask):
+        """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
+        x, mask = self.tokens(feats, mask)
         for block in self.blocks:
             x = block(x, mask)
         return x[:, :-1], x[:, -1]
+
+    def summary(self, feats, mask):
+        """w alone: forward(feats, mask)[1] (B, D) at less cost. Every block but the last still needs all
+        tokens (the last block's keys and values are their outputs); the last computes u's query only."""
+        x, mask = self.tokens(feats, mask)
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        return self.blocks[-1](x, mask, last_only=True)[:, 0]
 
 
 class DiTBlock(nn.Module):
@@ -293,9 +312,9 @@ class Policy(nn.Module):
         out = {"loss_fm": F.mse_loss(v.float(), v_target.float())}
         if rscl == "none":
             return out
-        # --- RS-CL: a second adapter pass on cut-off features; no second backbone pass ---
+        # --- RS-CL: a second adapter pass on cut-off features; no second backbone pass; only u's output ---
         z = self.projector(w)                                            # (B, 128)
-        _, w_tilde = self.adapter(cutoff(feats, mask, views, cutoff_kind), mask)
+        w_tilde = self.adapter.summary(cutoff(feats, mask, views, cutoff_kind), mask)   # (B, D)
         z_tilde = self.projector(w_tilde)                                # (B, 128)
         target = {"proprio": q, "action": A[:, 0], "infonce": None}[rscl]   # A[:, 0]: the next action
         out["loss_rscl"] = rscl_loss(z.float(), z_tilde.float(), target, beta=beta, tau=tau)

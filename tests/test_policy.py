@@ -135,6 +135,50 @@ def test_dit_gets_h_without_the_summarization_token(policy, synthetic):
     assert torch.allclose(policy.adapter(feats, mask)[1], x[:, -1], atol=1e-5)
 
 
+def test_one_query_last_block_equals_the_full_pass(policy, synthetic):
+    # Adapter.summary (the RS-CL second pass) computes the last block for u's query alone; its w
+    # equals the full pass's, with padding in the mask (feats rows of different lengths) and cut-off
+    b, feats, mask, views, q, A = batch_of(policy, synthetic)
+    mask = mask.clone()
+    mask[0, :5] = False
+    policy.eval()
+    for f in (feats, cutoff(feats, mask, views, "view", generator=torch.Generator().manual_seed(0))):
+        w = policy.adapter.summary(f, mask)
+        assert w.shape == (4, policy.adapter.u.shape[0])
+        assert torch.allclose(w, policy.adapter(f, mask)[1], atol=1e-5, rtol=0)
+    x, m = policy.adapter.tokens(feats, mask)
+    full = policy.adapter.blocks[-1](x, m)
+    assert torch.allclose(policy.adapter.blocks[-1](x, m, last_only=True)[:, 0], full[:, -1], atol=1e-5, rtol=0)
+    assert not torch.allclose(full[:, -1], x[:, -1], atol=1e-3)  # the block does change u
+
+
+@pytest.mark.parametrize("rscl, cut, dropout, train", [("proprio", "view", 0.0, True), ("action", "token", 0.0, True),
+                                                        ("infonce", "span", 0.2, False)])
+def test_rscl_losses_equal_the_two_pass_code(synthetic, rscl, cut, dropout, train):
+    # the previous code ran the second adapter pass in full and kept u's output; same seeds -> same
+    # losses and gradients (dropout 0, main.sh's setting, or eval mode: dropout draws no random numbers)
+    torch.manual_seed(0)
+    policy = Policy(make_config(image_size=32, adapter_dropout=dropout))
+    b, feats, mask, views, q, A = batch_of(policy, synthetic)
+    policy.train(train)
+    results = []
+    for second_pass in ("one query", "two-pass"):
+        if second_pass == "two-pass":
+            policy.adapter.summary = lambda f, m: type(policy.adapter).forward(policy.adapter, f, m)[1]
+        torch.manual_seed(1)
+        out = policy(feats, mask, views, q, A, rscl=rscl, cutoff_kind=cut)
+        (out["loss_fm"] + out["loss_rscl"]).backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        policy.zero_grad(set_to_none=True)
+        results.append((out, grads))
+    (new, g_new), (old, g_old) = results
+    for key in ("loss_fm", "loss_rscl", "cos_z", "w_entropy"):
+        assert torch.allclose(new[key], old[key], atol=1e-6, rtol=0), key
+    assert g_new.keys() == g_old.keys() and len(g_new) > 20
+    for n in g_new:
+        assert torch.allclose(g_new[n], g_old[n], atol=1e-6, rtol=1e-4), n
+
+
 def test_fresh_dit_blocks_are_identity_and_initial_velocity_is_zero(policy, synthetic):
     fresh = Policy(make_config(image_size=32), backbone=policy.backbone)
     b, feats, mask, views, q, A = batch_of(fresh, synthetic)
