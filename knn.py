@@ -143,6 +143,8 @@ def knn(F, k):
     val = torch.empty(N, k, dtype=F.dtype, device=F.device)
     todo = torch.arange(N, device=F.device)
     for w in sorted({min(k + 1, m), m}):
+        if len(todo) == 0:
+            break
         x, order = torch.sort(_exact(F, todo, c_idx[todo, :w]), dim=1, descending=True)  # (R, w)
         x_k = x[:, k - 1] * scale**2
         x_next = x[:, k] * scale**2 if w > k else torch.full_like(x_k, -math.inf)
