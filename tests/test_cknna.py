@@ -225,9 +225,12 @@ def test_bench_smoke():
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-    assert [r["impl"] for r in rows] == ["dense", "ours"]
-    assert rows[1]["abs_diff"] < 1e-5  # float32 dense vs float64 ours
+    assert [r["impl"] for r in rows] == ["dense", "float64", "ours"]
+    assert rows[1]["abs_diff"] < 1e-5 and rows[2]["abs_diff"] < 1e-5  # float32 dense vs the float64 sums
     assert all(r["peak_mb"] > 0 and r["seconds"] >= 0 for r in rows)
+    ours = rows[2]
+    assert ours["gemm_gflops"] > 0 and ours["search_a_s"] > 0 and 0 < ours["gemm_fraction"] == pytest.approx(
+        ours["search_gflops"] / ours["gemm_gflops"])
 
 
 def test_cknna_command_on_two_checkpoints(synthetic, tmp_path):
