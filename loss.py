@@ -49,6 +49,11 @@ def cutoff(feats, mask, views, kind="view", ratio=0.1, generator=None):
       token: a random `ratio` of the real tokens, anywhere    (cutoff paper's token cutoff)
       span : one contiguous span of `ratio` of the real tokens (cutoff paper's span cutoff)
     Returns a new tensor; feats is not modified."""
+    return feats.masked_fill(cutoff_mask(feats, mask, views, kind, ratio, generator)[..., None], 0.0)
+
+
+def cutoff_mask(feats, mask, views, kind="view", ratio=0.1, generator=None):
+    """The tokens cutoff() zeroes: (B, N) bool, same arguments and random draws."""
     B, N, _ = feats.shape
     pos = torch.arange(N, device=feats.device)[None]                        # (1, N)
     if kind == "view":
@@ -66,7 +71,7 @@ def cutoff(feats, mask, views, kind="view", ratio=0.1, generator=None):
         drop = (pos >= start) & (pos < start + length)
     else:
         raise ValueError(f"unknown cutoff '{kind}': choose view, token or span")
-    return feats.masked_fill(drop[..., None], 0.0)
+    return drop
 
 
 def rscl_lambda(step, max_steps):

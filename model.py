@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from backbone import Backbone, BACKBONES
-from loss import rscl_loss, soft_weights, cutoff, weight_entropy
+from loss import rscl_loss, soft_weights, cutoff_mask, weight_entropy
 
 # -----------------------------------------------------------------------------
 # configuration: the model's shape in one dataclass, named sizes in a plain dict
@@ -99,6 +99,8 @@ class Attention(nn.Module):
         q = self.q(x).view(B, T, self.heads, -1).transpose(1, 2)                # (B, nh, T, hd)
         k, v = self.kv(kv).view(B, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, nh, S, hd)
         mask = None if kv_mask is None else kv_mask[:, None, None, :]           # (B, 1, 1, S): True = attend
+        if mask is not None and mask.is_floating_point():                       # or a bias added to the logits
+            mask = mask.to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, C))                     # (B, T, C)
@@ -142,13 +144,15 @@ class Adapter(nn.Module):
         self.proj_in = nn.Linear(D_in, D) if D != D_in else nn.Identity()
         self.u = nn.Parameter(torch.zeros(D))   # the summarization token (init in Policy.init_weights)
         self.blocks = nn.ModuleList([Block(D, heads, dropout) for _ in range(layers)])
+        self.dropout = dropout
 
     def tokens(self, feats, mask):
-        """[feats | u] (B, N+1, D) and its mask (B, N+1): the blocks' input."""
+        """[feats | u] (B, N+1, D) and its mask (B, N+1) (bool, or a float bias: 0 = attend): the blocks' input."""
         B = feats.shape[0]
         x = self.proj_in(self.ln(feats))                                                   # (B, N, D)
         x = torch.cat([x, self.u.expand(B, 1, -1).to(x.dtype)], dim=1)                     # (B, N+1, D)
-        return x, torch.cat([mask, mask.new_ones(B, 1)], dim=1)                           # (B, N+1)
+        attend_u = mask.new_ones(B, 1) if mask.dtype == torch.bool else mask.new_zeros(B, 1)
+        return x, torch.cat([mask, attend_u], dim=1)                                       # (B, N+1)
 
     def forward(self, feats, mask):
         """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
@@ -157,13 +161,38 @@ class Adapter(nn.Module):
             x = block(x, mask)
         return x[:, :-1], x[:, -1]
 
-    def summary(self, feats, mask):
-        """w alone: forward(feats, mask)[1] (B, D) at less cost. Every block but the last still needs all
-        tokens (the last block's keys and values are their outputs); the last computes u's query only."""
+    def summary(self, feats, mask, drop):
+        """u's output on the cut-off features, forward(feats.masked_fill(drop[..., None], 0), mask)[1] (B, D),
+        at less cost. drop (B, N) bool: the tokens the cutoff zeroes.
+        1. A sample's zeroed tokens are one vector after ln and proj_in, and stay one at every block (each
+           attends to the same keys): kept once, their attention weight counted n times (merge_zeroed).
+           Not with dropout on: each copy would draw its own dropout mask.
+        2. Every block but the last still needs all tokens (the last block's keys and values are their
+           outputs); the last computes u's query only."""
+        if self.training and self.dropout > 0:
+            feats, mask = feats.masked_fill(drop[..., None], 0.0), mask
+        else:
+            feats, mask = merge_zeroed(feats, mask, drop)                                  # (B, K, D_in), (B, K)
         x, mask = self.tokens(feats, mask)
         for block in self.blocks[:-1]:
             x = block(x, mask)
         return self.blocks[-1](x, mask, last_only=True)[:, 0]
+
+
+def merge_zeroed(feats, mask, drop):
+    """feats with each sample's `drop` tokens zeroed and kept once: feats (B, N, D), mask, drop (B, N) bool
+    -> feats (B, K, D): the other tokens first, then one zero token; bias (B, K) float on the attention
+    logits: 0 = attend, -inf = not (padding, the other zeroed copies), log n = the zero token stands for n.
+    n copies of a key weigh n e^s / Z = e^(s + log n) / Z. K = N - min_b n_b + 1 (a host sync: it is a shape)."""
+    B, N, D = feats.shape
+    drop = drop & mask                                                                     # zeroed real tokens
+    n = drop.sum(1, keepdim=True)                                                          # (B, 1)
+    K = min(N, N - int(n.min()) + 1)
+    order = torch.sort(drop.to(torch.uint8), dim=1, stable=True).indices[:, :K]            # (B, K) kept first
+    pos = torch.arange(K, device=feats.device)[None]                                       # (1, K)
+    feats = feats.gather(1, order[..., None].expand(-1, -1, D)).masked_fill((pos >= N - n)[..., None], 0.0)
+    bias = torch.where(mask.gather(1, order) & (pos < N - n), 0.0, -math.inf)
+    return feats, torch.where(pos == N - n, n.to(feats.dtype).log(), bias)                # (B, K, D), (B, K)
 
 
 class DiTBlock(nn.Module):
@@ -314,7 +343,8 @@ class Policy(nn.Module):
             return out
         # --- RS-CL: a second adapter pass on cut-off features; no second backbone pass; only u's output ---
         z = self.projector(w)                                            # (B, 128)
-        w_tilde = self.adapter.summary(cutoff(feats, mask, views, cutoff_kind), mask)   # (B, D)
+        drop = cutoff_mask(feats, mask, views, cutoff_kind)              # (B, N) the tokens the cutoff zeroes
+        w_tilde = self.adapter.summary(feats, mask, drop)                # (B, D)
         z_tilde = self.projector(w_tilde)                                # (B, 128)
         target = {"proprio": q, "action": A[:, 0], "infonce": None}[rscl]   # A[:, 0]: the next action
         out["loss_rscl"] = rscl_loss(z.float(), z_tilde.float(), target, beta=beta, tau=tau)
