@@ -126,12 +126,25 @@ class Block(nn.Module):
         """x (B, T, D), mask (B, T) -> (B, T, D); last_only: the last position's output alone (B, 1, D),
         its query attending to every token (keys and values from all T, attention and MLP for 1)."""
         y = self.ln1(x)
-        if last_only:
-            x, q = x[:, -1:], y[:, -1:]                                     # (B, 1, D)
-            x = x + self.drop(self.attn(q, kv=y, kv_mask=mask))
-        else:
-            x = x + self.drop(self.attn(y, kv_mask=mask))
+        x, q = (x[:, -1:], y[:, -1:]) if last_only else (x, y)                # (B, 1 or T, D): the queries' rows
+        x = x + self.drop(self.attn(q, kv=y, kv_mask=mask))
         return x + self.drop(self.mlp(self.ln2(x)))
+
+
+def merge_zeroed(feats, mask, drop):
+    """Each sample's `drop` tokens zeroed and kept once (Adapter.summary): feats (B, N, D), mask, drop (B, N)
+    bool -> feats (B, K, D), the other tokens then one zero token, and a bias (B, K) on the attention logits:
+    0 attend, -inf not (padding, the other copies), log n for the zero token, since n copies of a key weigh
+    n e^s / Z = e^(s + log n) / Z. K = N - min_b n_b + 1 (a shape: one host sync)."""
+    B, N, D = feats.shape
+    drop = drop & mask                                                                     # zeroed real tokens
+    n = drop.sum(1, keepdim=True)                                                          # (B, 1)
+    K = min(N, N - int(n.min()) + 1)
+    order = torch.sort(drop.to(torch.uint8), dim=1, stable=True).indices[:, :K]            # (B, K) kept first
+    pos = torch.arange(K, device=feats.device)[None]                                       # (1, K)
+    feats = feats.gather(1, order[..., None].expand(-1, -1, D)).masked_fill((pos >= N - n)[..., None], 0.0)
+    bias = torch.where(mask.gather(1, order) & (pos < N - n), 0.0, -math.inf)
+    return feats, torch.where(pos == N - n, n.float().log(), bias)                        # (B, K, D), (B, K)
 
 
 class Adapter(nn.Module):
@@ -162,13 +175,10 @@ class Adapter(nn.Module):
         return x[:, :-1], x[:, -1]
 
     def summary(self, feats, mask, drop):
-        """u's output on the cut-off features, forward(feats.masked_fill(drop[..., None], 0), mask)[1] (B, D),
-        at less cost. drop (B, N) bool: the tokens the cutoff zeroes.
-        1. A sample's zeroed tokens are one vector after ln and proj_in, and stay one at every block (each
-           attends to the same keys): kept once, their attention weight counted n times (merge_zeroed).
-           Not with dropout on: each copy would draw its own dropout mask.
-        2. Every block but the last still needs all tokens (the last block's keys and values are their
-           outputs); the last computes u's query only."""
+        """forward(feats.masked_fill(drop[..., None], 0), mask)[1] (B, D): u's output on the cut-off features,
+        drop (B, N) bool, at less cost. 1. A sample's zeroed tokens are one vector at every block (same input,
+        same keys): kept once (merge_zeroed), except with dropout on (each copy draws its own mask). 2. Every
+        block but the last needs all tokens (their outputs are its keys); the last computes u's query alone."""
         if self.training and self.dropout > 0:
             feats, mask = feats.masked_fill(drop[..., None], 0.0), mask
         else:
@@ -177,22 +187,6 @@ class Adapter(nn.Module):
         for block in self.blocks[:-1]:
             x = block(x, mask)
         return self.blocks[-1](x, mask, last_only=True)[:, 0]
-
-
-def merge_zeroed(feats, mask, drop):
-    """feats with each sample's `drop` tokens zeroed and kept once: feats (B, N, D), mask, drop (B, N) bool
-    -> feats (B, K, D): the other tokens first, then one zero token; bias (B, K) float on the attention
-    logits: 0 = attend, -inf = not (padding, the other zeroed copies), log n = the zero token stands for n.
-    n copies of a key weigh n e^s / Z = e^(s + log n) / Z. K = N - min_b n_b + 1 (a host sync: it is a shape)."""
-    B, N, D = feats.shape
-    drop = drop & mask                                                                     # zeroed real tokens
-    n = drop.sum(1, keepdim=True)                                                          # (B, 1)
-    K = min(N, N - int(n.min()) + 1)
-    order = torch.sort(drop.to(torch.uint8), dim=1, stable=True).indices[:, :K]            # (B, K) kept first
-    pos = torch.arange(K, device=feats.device)[None]                                       # (1, K)
-    feats = feats.gather(1, order[..., None].expand(-1, -1, D)).masked_fill((pos >= N - n)[..., None], 0.0)
-    bias = torch.where(mask.gather(1, order) & (pos < N - n), 0.0, -math.inf)
-    return feats, torch.where(pos == N - n, n.to(feats.dtype).log(), bias)                # (B, K, D), (B, K)
 
 
 class DiTBlock(nn.Module):
