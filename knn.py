@@ -24,7 +24,7 @@ import torch
 CHUNK_BYTES = 256 * 2**20  # one (chunk, N) float64 block of the kernel in knn_float64
 BLOCK = 4096               # rows and columns of one float32 kernel block in the search (64 MB)
 EXTRA = 8                  # candidates kept per row beyond the k neighbours
-RECHECK_ROWS = 64          # rows per float64 re-check chunk (their candidates' rows: 64 x 18 x D x 8 bytes)
+RECHECK_BYTES = 64 * 2**20  # the candidates' rows gathered at once in the float64 re-check
 
 # -----------------------------------------------------------------------------
 # the exact path: the reference's op
@@ -99,14 +99,15 @@ def _gamma(n, u):
 
 def _exact(F, rows, cols):
     """float64 kernel values of the rows' candidates: rows (R,), cols (R, w) -> (R, w) F_rows[r] . F_cols[r, c].
-    The candidate rows are gathered RECHECK_ROWS rows at a time into one reused buffer."""
+    The candidates' rows are gathered RECHECK_BYTES at a time into one reused buffer."""
     R, w = cols.shape
+    chunk = max(1, RECHECK_BYTES // (8 * w * F.shape[1]))
     out = torch.empty(R, w, dtype=F.dtype, device=F.device)
-    buf = torch.empty(min(R, RECHECK_ROWS) * w, F.shape[1], dtype=F.dtype, device=F.device)
-    for s in range(0, R, RECHECK_ROWS):
-        c = cols[s:s + RECHECK_ROWS]
+    buf = torch.empty(min(R, chunk) * w, F.shape[1], dtype=F.dtype, device=F.device)
+    for s in range(0, R, chunk):
+        c = cols[s:s + chunk]
         g = torch.index_select(F, 0, c.reshape(-1), out=buf[:c.numel()]).view(*c.shape, -1)  # (r, w, D)
-        out[s:s + RECHECK_ROWS] = torch.bmm(g, F[rows[s:s + RECHECK_ROWS], :, None]).squeeze(2)  # (r, w)
+        out[s:s + chunk] = torch.bmm(g, F[rows[s:s + chunk], :, None]).squeeze(2)            # (r, w)
     return out
 
 
@@ -146,7 +147,7 @@ def knn(F, k):
         if len(todo) == 0:
             break
         x, order = torch.sort(_exact(F, todo, c_idx[todo, :w]), dim=1, descending=True)  # (R, w)
-        x_k = x[:, k - 1] * scale**2
+        x_k = x[:, k - 1] * scale**2  # in the rescaled units of v, e32, e64 (a power of two: exact)
         x_next = x[:, k] * scale**2 if w > k else torch.full_like(x_k, -math.inf)
         v = c_val[todo, min(w, m - 1)].double() if w < N - 1 else torch.full_like(x_k, -math.inf)
         ok = (x_k - 4 * e64[todo] > v + e32[todo]) & (x_k - x_next > 4 * e64[todo])
