@@ -1,8 +1,13 @@
 """
 Speed of the training step and of inference, side by side in one run.
 
-    python bench.py                                                      # tiny, on this machine
+    python bench.py                                                      # main.sh's CPU configuration
     python bench.py --backbone qwen2.5-vl-3b --size paper --random-init  # the paper's scale, one GPU
+    python bench.py --flops-only --backbone qwen2.5-vl-3b --size paper --random-init --image-size 224
+
+The default case is main.sh's: the pretrained dinov2-s, 2 views of 128 px pooled 2 x 2 (--token-pool 2),
+no adapter dropout, size tiny, batch 32. With another --backbone the defaults are 3 views, no pooling
+and the model's adapter dropout.
 
 Cases: the training step with the backbone run live, for the baseline and for --rscl, and the same
 two from cached features (features.py: the backbone is not run, its 16-bit features are read and
@@ -12,13 +17,16 @@ warm-up and synchronises the device. FLOPs are counted by torch's FlopCounterMod
 the RS-CL / baseline step-time ratio and the cache / live speed-up. Also the latency of predicting one
 action chunk (K Euler steps, the condition computed once).
 
-    python bench.py --cknna      # cknna.py against the dense N^3 reference: time and peak memory
+    python bench.py --cknna      # CKNNA: dense N^3 reference, the float64 search, ours (knn.py); time,
+                                 # memory, agreement, and the fraction of the float32 GEMM rate reached
+                                 # (bench_cknna.py)
 """
 import argparse
 import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -28,22 +36,24 @@ import numpy as np
 import torch
 
 from backbone import BACKBONES, Backbone
-from cknna import cknna
-from model import SIZES, Policy, make_config
+from bench_cknna import bench_cknna
+from model import SIZES, Policy, PolicyConfig, make_config
 
 CKNNA_SIZES = [2000, 4415, 8000, 20000, 100000]
-DENSE_MAX = 8000          # the dense N^3 reference runs only up to this N
-BENCH_DIMS = (2048, 10)   # d_a (embedding) and d_b (proprioceptive state)
+MAIN_SH = dict(backbone="dinov2-s", views=2, token_pool=2, adapter_dropout=0.0)   # main.sh's CPU configuration
+OTHERS = dict(views=3, token_pool=1, adapter_dropout=PolicyConfig.adapter_dropout)  # with any other --backbone
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.error = lambda msg: sys.exit(f"error: {msg}: see python bench.py --help")   # argparse's errors in one line
-p.add_argument("--backbone", default="tiny", help=f"one of {', '.join(BACKBONES)}")
+p.add_argument("--backbone", default=None, help=f"one of {', '.join(BACKBONES)} (default: dinov2-s, as main.sh)")
 p.add_argument("--backbone-path", default="")
 p.add_argument("--random-init", action="store_true", help="the real architecture with random weights (no download)")
 p.add_argument("--size", default="tiny", help=f"one of {', '.join(SIZES)}")
 p.add_argument("--batch-size", type=int, default=32)
 p.add_argument("--image-size", type=int, default=128)
-p.add_argument("--views", type=int, default=3)
+p.add_argument("--views", type=int, default=None, help="camera views (default: 2 as main.sh, 3 with --backbone)")
+p.add_argument("--token-pool", type=int, default=None, help="dinov2-s: pool p x p patch tokens (default: 2 as main.sh)")
+p.add_argument("--adapter-dropout", type=float, default=None, help="default: 0.0 as main.sh, the model's with --backbone")
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--iters", type=int, default=10)
 p.add_argument("--device", default="auto")
@@ -55,15 +65,34 @@ p.add_argument("--cknna", action="store_true", help="time and memory of cknna.py
 p.add_argument("--cknna-sizes", type=int, nargs="+", default=CKNNA_SIZES, help="N values for --cknna")
 p.add_argument("--case", default="", help=argparse.SUPPRESS)   # internal: run one case in this process
 args = p.parse_args()
+for k, v in (MAIN_SH if args.backbone is None else OTHERS).items():
+    if getattr(args, k) is None:
+        setattr(args, k, v)
 
-CASES = ["baseline", "rscl", "baseline-cached", "rscl-cached", "predict"]
+CASES = ["baseline", "rscl", "baseline-cached", "rscl-cached", "paired-cached", "predict"]
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}   # dense bf16, per GPU
 
 
 def device_name(device):
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return machine()
+
+
+def machine():
+    """The CPU by name, its cores, memory and torch's threads: the figures depend on all four."""
+    model = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+        model = names[0] if names else model
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else float("nan")
+    return (f"{model} ({platform.machine()}), {os.cpu_count()} cores, {ram:.0f} GB, torch {torch.__version__} "
+            f"with {torch.get_num_threads()} threads")
+
+
+def make_case_config():
+    return make_config(backbone=args.backbone, size=args.size, cameras=[f"cam{v}" for v in range(args.views)],
+                       image_size=args.image_size, token_pool=args.token_pool, adapter_dropout=args.adapter_dropout)
 
 
 def sync(device):
@@ -74,9 +103,8 @@ def sync(device):
 def run_case(case, device):
     torch.manual_seed(0)
     weights = "random" if args.random_init else True
-    backbone = Backbone(args.backbone, args.backbone_path, device=device, weights=weights)
-    cfg = make_config(backbone=args.backbone, size=args.size, cameras=[f"cam{v}" for v in range(args.views)],
-                      image_size=args.image_size)
+    backbone = Backbone(args.backbone, args.backbone_path, device=device, weights=weights, pool=args.token_pool)
+    cfg = make_case_config()
     policy = Policy(cfg, backbone=backbone, device=device)
     model = torch.compile(policy) if args.compile else policy
     B, cuda = args.batch_size, device.startswith("cuda")
@@ -96,14 +124,14 @@ def run_case(case, device):
         host = [f.to(torch.float16).cpu(), m.cpu(), v.cpu()]
         host = [t.pin_memory() for t in host] if cuda else host
 
-    def step():
+    def step(rscl=case.startswith("rscl")):
         if cached:
             feats, mask, views = (t.to(device, non_blocking=True) for t in host)
             feats = feats.to(torch.bfloat16 if cuda else torch.float32)
         else:
             feats, mask, views = backbone(images, instructions)
         with autocast:
-            out = model(feats, mask, views, q, A, rscl="proprio" if case.startswith("rscl") else "none")
+            out = model(feats, mask, views, q, A, rscl="proprio" if rscl else "none")
             loss = out["loss_fm"] + out.get("loss_rscl", 0.0)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -111,6 +139,8 @@ def run_case(case, device):
         opt.zero_grad(set_to_none=True)
 
     policy.train()
+    if case == "paired-cached":
+        return paired(step, device)
     for _ in range(args.warmup):
         step()
     from torch.utils.flop_counter import FlopCounterMode
@@ -129,6 +159,24 @@ def run_case(case, device):
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in device_name(device)), None) if cuda else None
     return dict(case=case, samples_per_s=B / dt, step_ms=1e3 * dt, tflop_per_sample=flops / B / 1e12,
                 achieved_tflops=tflops, mfu=tflops / peak if peak else None, peak_mem_gb=peak_memory(device))
+
+
+def paired(step, device):
+    """Baseline and RS-CL steps alternating in one process, each timed alone: the ratio of the medians
+    moves less with other jobs' load on a shared machine than the ratio of two separate runs."""
+    times = {"baseline": [], "rscl": []}
+    for _ in range(args.warmup):
+        step(False), step(True)
+    for _ in range(args.iters):
+        for kind in times:
+            sync(device)
+            t0 = time.perf_counter()
+            step(kind == "rscl")
+            sync(device)
+            times[kind].append(time.perf_counter() - t0)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return dict(case="paired-cached", baseline_step_ms=ms["baseline"], rscl_step_ms=ms["rscl"],
+                rscl_over_baseline=ms["rscl"] / ms["baseline"], steps_each=args.iters)
 
 
 @torch.no_grad()
@@ -153,15 +201,15 @@ def count_flops():
     baseline and for RS-CL (on the meta device: shapes only, no memory, no time)."""
     import torch.nn as nn
     from torch.utils.flop_counter import FlopCounterMode
-    backbone = Backbone(args.backbone, args.backbone_path, device="cpu", weights="random" if args.random_init else True)
+    backbone = Backbone(args.backbone, args.backbone_path, device="cpu", weights="random" if args.random_init else True,
+                        pool=args.token_pool)
     images = np.zeros((1, args.views, args.image_size, args.image_size, 3), np.uint8)
     with FlopCounterMode(display=False) as c:
         feats, mask, views = backbone(images, ["pick up the red can and place it in the bin"])
     backbone_flops = c.get_total_flops()
     stub = nn.Module()   # the policy's trainable parts only need the backbone's width
     stub.dim, stub.layer = backbone.dim, backbone.layer
-    cfg = make_config(backbone=args.backbone, size=args.size, cameras=[f"cam{v}" for v in range(args.views)],
-                      image_size=args.image_size)
+    cfg = make_case_config()
     with torch.device("meta"):
         policy = Policy(cfg, backbone=stub, device="meta")
     B = 2
@@ -170,11 +218,16 @@ def count_flops():
     out = dict(device="flop count (no timing)", backbone=args.backbone, size=args.size, image_size=args.image_size,
                views=args.views, tokens=int(feats.shape[1]), backbone_fwd_tflop_per_sample=backbone_flops / 1e12,
                trainable_params_m=sum(p.numel() for n, p in policy.named_parameters()) / 1e6)
-    for case in ("baseline", "rscl"):
-        with FlopCounterMode(display=False) as c:
-            o = policy(meta(feats), meta(mask), meta(views), q, A, rscl="proprio" if case == "rscl" else "none")
-            (o["loss_fm"] + o.get("loss_rscl", 0.0)).backward()
-        out[f"{case}_policy_tflop_per_sample"] = c.get_total_flops() / B / 1e12
+    beta = torch.distributions.Beta   # the flow time's sampler has no meta kernel: a uniform stand-in while
+    torch.distributions.Beta = lambda a, b: torch.distributions.Uniform(0 * a, 0 * b + 1, validate_args=False)  # counting
+    try:
+        for case in ("baseline", "rscl"):
+            with FlopCounterMode(display=False) as c:
+                o = policy(meta(feats), meta(mask), meta(views), q, A, rscl="proprio" if case == "rscl" else "none")
+                (o["loss_fm"] + o.get("loss_rscl", 0.0)).backward()
+            out[f"{case}_policy_tflop_per_sample"] = c.get_total_flops() / B / 1e12
+    finally:
+        torch.distributions.Beta = beta
     total = {c: out["backbone_fwd_tflop_per_sample"] + out[f"{c}_policy_tflop_per_sample"] for c in ("baseline", "rscl")}
     out.update(baseline_total=total["baseline"], rscl_total=total["rscl"], rscl_over_baseline=total["rscl"] / total["baseline"],
                rscl_over_baseline_cached=out["rscl_policy_tflop_per_sample"] / out["baseline_policy_tflop_per_sample"])
@@ -187,102 +240,21 @@ def peak_memory(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB -> GiB, whole process
 
 
-# -----------------------------------------------------------------------------
-# CKNNA: ours (cknna.py, O(N k) memory) against the reference algorithm with dense N x N arrays
-
-def dense_cknna(A, B, topk):
-    """The reference algorithm with dense (N, N) float32 arrays and full N^3 matmuls."""
-    n = A.shape[0]
-    K, L = A @ A.T, B @ B.T
-
-    def mask(S):  # (N, N) 0/1: row i marks i's top-k columns, diagonal excluded
-        S = S.clone().fill_diagonal_(float("-inf"))
-        return torch.zeros_like(S).scatter_(1, torch.topk(S, topk, dim=1).indices, 1.0)
-
-    def hsic(X, Y):
-        X, Y = X.clone().fill_diagonal_(0), Y.clone().fill_diagonal_(0)
-        h = (X * Y.T).sum() + X.sum() * Y.sum() / ((n - 1) * (n - 2)) - 2 * (X @ Y).sum() / (n - 2)
-        return h / (n * (n - 3))
-
-    mK, mL = mask(K), mask(L)
-    m = mK * mL
-    h_kl, h_kk, h_ll = hsic(m * K, m * L), hsic(mK * K, mK * K), hsic(mL * L, mL * L)
-    return h_kl.item() / (torch.sqrt(h_kk * h_ll) + 1e-6).item()
-
-
-def _peak_mb():
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def _bench_case(impl, n, topk):
-    """Runs in a fresh child: build the inputs, time one implementation, report peak RSS."""
-    g = torch.Generator().manual_seed(n)
-    A = torch.nn.functional.normalize(torch.randn(n, BENCH_DIMS[0], generator=g), dim=1)
-    B = torch.nn.functional.normalize(torch.randn(n, BENCH_DIMS[1], generator=g), dim=1)
-    value, t0 = None, time.perf_counter()
-    if impl == "ours":
-        value = cknna(A, B, topk)
-    elif impl == "dense":
-        value = dense_cknna(A, B, topk)
-    return dict(seconds=time.perf_counter() - t0, peak_mb=_peak_mb(), cknna=value)
-
-
-def _in_child(*args):
-    import concurrent.futures as cf
-    import multiprocessing as mp
-    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-        try:
-            return ex.submit(_bench_case, *args).result()
-        except Exception as e:  # e.g. the child was killed for memory
-            return dict(seconds=None, peak_mb=None, cknna=None, error=repr(e))
-
-
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
-def bench_cknna(sizes, topk):
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cpus; python {platform.python_version()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; A {BENCH_DIMS[0]}-d vs B {BENCH_DIMS[1]}-d, "
-          f"random, rows L2-normalised, topk={topk}; ours float64, dense float32")
-    head = f"{'N':>7} {'impl':>6} {'time s':>9} {'peak MB':>9} {'net MB':>9} {'cknna':>12} {'|diff|':>9}"
-    print(head + "\n" + "-" * len(head), flush=True)
-    records = []
-    for n in sizes:
-        base = _in_child("inputs", n, topk)["peak_mb"]  # torch + the inputs, nothing else
-        results = {impl: _in_child(impl, n, topk) for impl in
-                   (["dense"] if n <= DENSE_MAX else []) + ["ours"]}
-        for impl, r in results.items():
-            r.update(n=n, impl=impl, inputs_mb=base,
-                     net_mb=None if r["peak_mb"] is None else r["peak_mb"] - base)
-            dense = results.get("dense", {}).get("cknna")
-            if impl == "ours" and dense is not None and r["cknna"] is not None:
-                r["abs_diff"] = abs(r["cknna"] - dense)
-            print(f"{n:>7} {impl:>6} {_fmt(r['seconds'], '9.2f')} {_fmt(r['peak_mb'], '9.0f')} "
-                  f"{_fmt(r['net_mb'], '9.0f')} {_fmt(r['cknna'], '12.8f')} "
-                  f"{_fmt(r.get('abs_diff'), '9.1e')}"
-                  + (f"  {r['error']}" if "error" in r else ""), flush=True)
-            records.append(r)
-    print("peak MB = ru_maxrss of the child; net MB = peak minus a child that only builds the inputs")
-    for r in records:
-        print(json.dumps(r))
-
-
 def main():
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.backbone not in BACKBONES or args.size not in SIZES:
         sys.exit(f"error: choose --backbone from {', '.join(BACKBONES)} and --size from {', '.join(SIZES)}")
-    for k, lo in dict(batch_size=2, image_size=16, views=1, warmup=0, iters=1).items():   # RS-CL needs a pair
+    for k, lo in dict(batch_size=2, image_size=16, views=1, token_pool=1, warmup=0, iters=1).items():   # RS-CL needs a pair
         if getattr(args, k) < lo:
             sys.exit(f"error: --{k.replace('_', '-')} must be at least {lo} (got {getattr(args, k)})")
+    if not 0 <= args.adapter_dropout < 1:
+        sys.exit(f"error: --adapter-dropout must be in [0, 1) (got {args.adapter_dropout})")
     if min(args.cknna_sizes) < 11:
         sys.exit(f"error: --cknna-sizes must be at least 11 each (k = 10 neighbours; got {min(args.cknna_sizes)})")
     if device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit(f"error: --device {args.device}: no CUDA GPU is visible here: use --device cpu (or auto)")
     if args.cknna:
-        return bench_cknna(args.cknna_sizes, 10)
+        return bench_cknna(args.cknna_sizes, 10, machine())
     if args.flops_only:
         print(json.dumps(count_flops()))
         return
@@ -290,8 +262,8 @@ def main():
         print(json.dumps(run_case(args.case, device)))
         return
     header = dict(device=device_name(device), torch=torch.__version__, backbone=args.backbone, size=args.size,
-                  batch_size=args.batch_size, image_size=args.image_size, views=args.views,
-                  random_init=args.random_init, compile=args.compile)
+                  batch_size=args.batch_size, image_size=args.image_size, views=args.views, token_pool=args.token_pool,
+                  adapter_dropout=args.adapter_dropout, random_init=args.random_init, compile=args.compile)
     print(json.dumps(header))
     results = {}
     for case in CASES:
@@ -302,8 +274,12 @@ def main():
         results[case] = json.loads(r.stdout.strip().splitlines()[-1])
         print(json.dumps(results[case]), flush=True)
     ms = {c: results[c]["step_ms"] for c in CASES[:4]}
+    flop = {c: results[c]["tflop_per_sample"] for c in CASES[:4]}
     print(json.dumps(dict(summary=True, rscl_over_baseline_live=ms["rscl"] / ms["baseline"],
                           rscl_over_baseline_cached=ms["rscl-cached"] / ms["baseline-cached"],
+                          rscl_over_baseline_cached_paired=results["paired-cached"]["rscl_over_baseline"],
+                          rscl_over_baseline_flops_live=flop["rscl"] / flop["baseline"],
+                          rscl_over_baseline_flops_cached=flop["rscl-cached"] / flop["baseline-cached"],
                           cache_speedup_baseline=ms["baseline"] / ms["baseline-cached"],
                           cache_speedup_rscl=ms["rscl"] / ms["rscl-cached"])))
 

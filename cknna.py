@@ -25,8 +25,7 @@ import tempfile
 import numpy as np
 import torch
 
-# -----------------------------------------------------------------------------
-CHUNK_BYTES = 256 * 2**20  # one (chunk, N) float64 block of the kernel during the kNN search
+from knn import knn
 
 # -----------------------------------------------------------------------------
 # helpers
@@ -57,23 +56,6 @@ def _prepare(feats_a, feats_b, topk, min_topk, min_n):
         raise ValueError(f"need at least max(topk + 1, {min_n}) = {need} samples, got N = {n}: "
                          "pass more samples or a smaller topk")
     return A, B, topk
-
-
-def _knn(F, topk):
-    """k nearest neighbours under the linear kernel F F^T, self excluded, in row chunks.
-    F (N, D) float64 -> idx (N, k) int64, val (N, k) float64 with val[i, r] = F_i . F_idx[i, r].
-    Memory: one (chunk, N) block, chunk = CHUNK_BYTES / (8 N) rows; never the whole N x N."""
-    N = F.shape[0]
-    chunk = max(1, CHUNK_BYTES // (8 * N))
-    idx = torch.empty(N, topk, dtype=torch.int64, device=F.device)
-    val = torch.empty(N, topk, dtype=F.dtype, device=F.device)
-    for s in range(0, N, chunk):
-        e = min(s + chunk, N)
-        block = F[s:e] @ F.T  # (c, N) rows s..e-1 of the kernel
-        r = torch.arange(e - s, device=F.device)
-        block[r, s + r] = float("-inf")  # the diagonal, as the reference's fill_diagonal_(-inf)
-        val[s:e], idx[s:e] = torch.topk(block, topk, dim=1)  # same op as the reference
-    return idx, val
 
 
 def _sparse(idx, val):
@@ -119,14 +101,15 @@ def cknna(feats_a, feats_b, topk=10):
     feats_a (N, d_a), feats_b (N, d_b): numpy arrays or torch tensors (any float dtype, any
     device; B is moved to A's device). No normalisation inside: L2-normalise rows first if
     wanted. Argument order matters (~1e-3 relative): embedding first, proprio second.
-    Computed in float64 throughout (kernels, kNN search, sums), so TF32 never applies.
-    Ties (duplicate rows) are broken by torch.topk as in the reference, but on float64 kernel
-    values from a chunked matmul: near-tied neighbours can differ from a float32 dense run.
-    Returns a python float. Memory O(N k) beyond the inputs and one kNN chunk."""
+    The neighbour sets are those of a float64 torch.topk over each kernel row (knn.py: a float32
+    search, re-checked in float64, proved or recomputed), the kernel values and sums are float64,
+    so TF32 never applies. Ties (duplicate rows) are broken by torch.topk on the float64 row, as
+    in the reference; near-tied neighbours can differ from a float32 dense run.
+    Returns a python float. Memory O(N k) beyond the inputs, their float32 copy and one block."""
     A, B, k = _prepare(feats_a, feats_b, topk, min_topk=2, min_n=4)
     n = A.shape[0]
-    kK, vK = _sparse(*_knn(A, k))  # Kk = mask_K * K: N k entries
-    kL, vL = _sparse(*_knn(B, k))  # Ll = mask_L * L
+    kK, vK = _sparse(*knn(A, k))  # Kk = mask_K * K: N k entries
+    kL, vL = _sparse(*knn(B, k))  # Ll = mask_L * L
     # joint mask m = mask_K * mask_L: the entries of Kk whose (i, j) is also in Ll's support
     hit, pos = _find(kK, kL)
     kM, vKm, vLm = kK[hit], vK[hit], vL[pos[hit]]  # Km and Lm share the support m (sorted)
@@ -143,8 +126,8 @@ def mutual_knn(feats_a, feats_b, topk=10):
     feats_a (N, d_a), feats_b (N, d_b), as in cknna (float64, self excluded). Returns a float.
     The reference ranks with argsort (diagonal -1e8) instead of topk: same sets up to ties."""
     A, B, k = _prepare(feats_a, feats_b, topk, min_topk=1, min_n=2)
-    kK, _ = _sparse(*_knn(A, k))
-    kL, _ = _sparse(*_knn(B, k))
+    kK, _ = _sparse(*knn(A, k))
+    kL, _ = _sparse(*knn(B, k))
     hit, _ = _find(kK, kL)  # |mask_K * mask_L| summed over all rows
     return hit.sum().item() / (A.shape[0] * k)
 

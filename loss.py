@@ -59,9 +59,12 @@ def rscl_diagnostics(z, z_tilde, W, loss):
       cos_off, cos_off_std  mean and spread of cos(z_i, z_tilde_j), i != j: both near 1 and 0 = collapse"""
     H = -(W * W.clamp_min(1e-12).log()).sum(-1)                             # (B,) entropy of each row
     C = F.normalize(z.float(), dim=-1) @ F.normalize(z_tilde.float(), dim=-1).T   # (B, B)
-    off = C[~torch.eye(len(C), dtype=torch.bool, device=C.device)]          # (B (B - 1),)
+    off = 1.0 - torch.eye(len(C), device=C.device)                          # (B, B) 1 off the diagonal
+    n = off.sum()                                                           # B (B - 1) pairs (no boolean
+    mean = (C * off).sum() / n                                              # indexing: the FLOP count runs
+    std = (((C - mean) ** 2 * off).sum() / (n - 1)).sqrt()                  # on the meta device)
     return dict(w_entropy=H.mean(), n_pos=H.exp().mean(), rscl_excess=loss.detach() - H.mean(),
-                cos_z=C.diagonal().mean(), cos_off=off.mean(), cos_off_std=off.std())
+                cos_z=C.diagonal().mean(), cos_off=mean, cos_off_std=std)
 
 
 # --- cutoff: representation-level augmentation after the frozen backbone ---
@@ -72,6 +75,11 @@ def cutoff(feats, mask, views, kind="view", ratio=0.1, generator=None):
       token: a random `ratio` of the real tokens, anywhere    (cutoff paper's token cutoff)
       span : one contiguous span of `ratio` of the real tokens (cutoff paper's span cutoff)
     Returns a new tensor; feats is not modified."""
+    return feats.masked_fill(cutoff_mask(feats, mask, views, kind, ratio, generator)[..., None], 0.0)
+
+
+def cutoff_mask(feats, mask, views, kind="view", ratio=0.1, generator=None):
+    """The tokens cutoff() zeroes: (B, N) bool, same arguments and random draws."""
     B, N, _ = feats.shape
     pos = torch.arange(N, device=feats.device)[None]                        # (1, N)
     if kind == "view":
@@ -89,7 +97,7 @@ def cutoff(feats, mask, views, kind="view", ratio=0.1, generator=None):
         drop = (pos >= start) & (pos < start + length)
     else:
         raise ValueError(f"unknown cutoff '{kind}': choose view, token or span")
-    return feats.masked_fill(drop[..., None], 0.0)
+    return drop
 
 
 def rscl_lambda(step, max_steps, floor=0.0):

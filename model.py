@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attention import MLP, Attention, Block, merge_zeroed
 from backbone import Backbone, BACKBONES
-from loss import cutoff, rscl_diagnostics, rscl_loss, soft_weights
+from loss import cutoff_mask, rscl_diagnostics, rscl_loss, soft_weights
 
 # -----------------------------------------------------------------------------
 # configuration: the model's shape in one dataclass, named sizes in a plain dict
@@ -84,48 +85,6 @@ def timestep_embedding(t, dim):
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)   # (B, dim)
 
 
-class Attention(nn.Module):
-    """Multi-head attention through SDPA; self-attention when kv is None, else cross-attention to kv."""
-
-    def __init__(self, dim, heads, kv_dim=None, dropout=0.0):
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(kv_dim or dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x, kv=None, kv_mask=None):
-        B, T, C = x.shape
-        kv = x if kv is None else kv
-        q = self.q(x).view(B, T, self.heads, -1).transpose(1, 2)                # (B, nh, T, hd)
-        k, v = self.kv(kv).view(B, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, nh, S, hd)
-        mask = None if kv_mask is None else kv_mask[:, None, None, :]           # (B, 1, 1, S): True = attend
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, T, C))                     # (B, T, C)
-
-
-class MLP(nn.Sequential):
-    def __init__(self, dim, hidden, out=None, dropout=0.0):
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout),
-                         nn.Linear(hidden, out or dim))
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block (the adapter's): x + attn(LN(x)), x + mlp(LN(x))."""
-
-    def __init__(self, dim, heads, dropout):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout=dropout)
-        self.mlp = MLP(dim, 4 * dim, dropout=dropout)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x, mask):
-        x = x + self.drop(self.attn(self.ln1(x), kv_mask=mask))
-        return x + self.drop(self.mlp(self.ln2(x)))
-
-
 class Adapter(nn.Module):
     """f_phi: LayerNorm (+ a Linear D_in -> D when the adapter is narrower than the backbone) + pre-LN
     self-attention blocks over [feats | u]; no positional embedding of its own (the backbone's tokens carry it)."""
@@ -138,18 +97,38 @@ class Adapter(nn.Module):
         # optional: which slot (view, row, column) a token came from, for backbones whose tokens do not say it
         self.pos = nn.Parameter(torch.zeros(n_pos, D)) if n_pos else None
         self.blocks = nn.ModuleList([Block(D, heads, dropout) for _ in range(layers)])
+        self.dropout = dropout
 
-    def forward(self, feats, mask):
-        """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
+    def tokens(self, feats, mask):
+        """[feats | u] (B, N+1, D) and its mask (B, N+1) (bool, or a float bias: 0 = attend): the blocks' input."""
         B = feats.shape[0]
         x = self.proj_in(self.ln(feats))                                                   # (B, N, D)
         if self.pos is not None:
             x = x + self.pos.to(x.dtype)                                                   # (N, D) per slot
         x = torch.cat([x, self.u.expand(B, 1, -1).to(x.dtype)], dim=1)                     # (B, N+1, D)
-        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)                              # (B, N+1)
+        attend_u = mask.new_ones(B, 1) if mask.dtype == torch.bool else mask.new_zeros(B, 1)
+        return x, torch.cat([mask, attend_u], dim=1)                                       # (B, N+1)
+
+    def forward(self, feats, mask):
+        """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
+        x, mask = self.tokens(feats, mask)
         for block in self.blocks:
             x = block(x, mask)
         return x[:, :-1], x[:, -1]
+
+    def summary(self, feats, mask, drop):
+        """forward(feats.masked_fill(drop[..., None], 0), mask)[1] (B, D): u's output on the cut-off features,
+        drop (B, N) bool, at less cost. 1. A sample's zeroed tokens are one vector at every block (same input,
+        same keys): kept once (merge_zeroed), except with dropout on (each copy draws its own mask). 2. Every
+        block but the last needs all tokens (their outputs are its keys); the last computes u's query alone."""
+        if self.training and self.dropout > 0:
+            feats, mask = feats.masked_fill(drop[..., None], 0.0), mask
+        else:
+            feats, mask = merge_zeroed(feats, mask, drop)                                  # (B, K, D_in), (B, K)
+        x, mask = self.tokens(feats, mask)
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        return self.blocks[-1](x, mask, last_only=True)[:, 0]
 
 
 class DiTBlock(nn.Module):
@@ -314,9 +293,12 @@ class Policy(nn.Module):
         if rscl == "none":
             return out
         # --- RS-CL: a second adapter pass on cut-off features; no second backbone pass ---
-        h_tilde, w_tilde = self.adapter(cutoff(feats, mask, views, cutoff_kind), mask)
-        if rscl_on == "pooled-h":
+        drop = cutoff_mask(feats, mask, views, cutoff_kind)              # (B, N) the tokens the cutoff zeroes
+        if rscl_on == "pooled-h":                                        # on mean-pooled h: every token's output
+            h_tilde, _ = self.adapter(feats.masked_fill(drop[..., None], 0.0), mask)
             w, w_tilde = masked_mean(h, mask), masked_mean(h_tilde, mask)   # (B, D) each
+        else:                                                            # on u: only u's output is needed
+            w_tilde = self.adapter.summary(feats, mask, drop)            # (B, D)
         z, z_tilde = self.projector(w), self.projector(w_tilde)          # (B, 128) each
         target = {"proprio": q, "action": A[:, 0], "infonce": None}[rscl]   # A[:, 0]: the next action
         out["loss_rscl"] = rscl_loss(z.float(), z_tilde.float(), target, beta=beta, tau=tau, scale=beta_scale)

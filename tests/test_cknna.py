@@ -106,8 +106,11 @@ def test_parity_torch_inputs(dtype, normalise):
 
 
 def test_parity_across_chunks(monkeypatch):
-    # 37-row chunks (not dividing N = 300): rows and diagonal offsets cross chunk borders
-    monkeypatch.setattr(ck, "CHUNK_BYTES", 8 * 300 * 37)
+    # 37-row chunks and 64-row blocks (not dividing N = 300): rows and diagonal offsets cross
+    # chunk and block borders in the float64 path and in the float32 search
+    import knn
+    monkeypatch.setattr(knn, "CHUNK_BYTES", 8 * 300 * 37)
+    monkeypatch.setattr(knn, "BLOCK", 64)
     A, B = make_pair(300, seed=1, normalise=True)
     assert abs(ck.cknna(A, B, 10) - dense_cknna(A, B, 10)) < 1e-6
     assert abs(ck.mutual_knn(A, B, 10) - dense_mutual_knn(A, B, 10)) < 1e-6
@@ -222,9 +225,12 @@ def test_bench_smoke():
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-    assert [r["impl"] for r in rows] == ["dense", "ours"]
-    assert rows[1]["abs_diff"] < 1e-5  # float32 dense vs float64 ours
+    assert [r["impl"] for r in rows] == ["dense", "float64", "ours"]
+    assert rows[1]["abs_diff"] < 1e-5 and rows[2]["abs_diff"] < 1e-5  # float32 dense vs the float64 sums
     assert all(r["peak_mb"] > 0 and r["seconds"] >= 0 for r in rows)
+    ours = rows[2]
+    assert ours["gemm_gflops"] > 0 and ours["search_a_s"] > 0 and 0 < ours["gemm_fraction"] == pytest.approx(
+        ours["search_gflops"] / ours["gemm_gflops"])
 
 
 def test_cknna_command_on_two_checkpoints(synthetic, tmp_path):

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from data import DemoDataset, collate
-from loss import cutoff, rscl_diagnostics, rscl_lambda, rscl_loss, soft_weights, weight_entropy
-from model import Policy, euler, flow_path, make_config
+from loss import cutoff, cutoff_mask, rscl_diagnostics, rscl_lambda, rscl_loss, soft_weights, weight_entropy
+from model import Policy, euler, flow_path, make_config, merge_zeroed
 
 CAMS = ["agentview", "frontview", "robot0_eye_in_hand"]
 
@@ -197,6 +197,67 @@ def test_dit_gets_h_without_the_summarization_token(policy, synthetic):
     assert seen["h"].shape == feats.shape                              # N positions, not N + 1
     assert torch.allclose(seen["h"], x[:, :-1], atol=1e-5)
     assert torch.allclose(policy.adapter(feats, mask)[1], x[:, -1], atol=1e-5)
+
+
+def test_summary_equals_the_full_pass_on_cut_off_features(policy, synthetic):
+    # Adapter.summary (the RS-CL second pass) keeps a sample's zeroed tokens once and computes the last
+    # block for u's query alone; its w equals the full pass's on the zeroed features: every cutoff kind,
+    # padding in the mask, a sample with nothing zeroed, eval mode (dropout draws nothing)
+    b, feats, mask, views, q, A = batch_of(policy, synthetic)
+    mask = mask.clone()
+    mask[0, :5] = False
+    policy.eval()
+    g = torch.Generator().manual_seed(0)
+    for kind in ("view", "token", "span"):
+        drop = cutoff_mask(feats, mask, views, kind, ratio=0.3, generator=g)
+        drop[1] = False
+        w = policy.adapter.summary(feats, mask, drop)
+        assert w.shape == (4, policy.adapter.u.shape[0])
+        assert torch.allclose(w, policy.adapter(feats.masked_fill(drop[..., None], 0.0), mask)[1], atol=1e-5, rtol=0)
+    x, m = policy.adapter.tokens(feats, mask)
+    full = policy.adapter.blocks[-1](x, m)
+    assert torch.allclose(policy.adapter.blocks[-1](x, m, last_only=True)[:, 0], full[:, -1], atol=1e-5, rtol=0)
+    assert not torch.allclose(full[:, -1], x[:, -1], atol=1e-3)  # the block does change u
+
+
+def test_merge_zeroed_keeps_one_zero_token_per_sample():
+    feats = torch.arange(2 * 6 * 3, dtype=torch.float32).view(2, 6, 3) + 1
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    drop = torch.tensor([[0, 1, 1, 0, 0, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)  # 2 and 3 zeroed real tokens
+    f, bias = merge_zeroed(feats, mask, drop)
+    assert f.shape == (2, 5, 3)                                       # K = 6 - 2 + 1
+    assert torch.equal(f[0, :4], feats[0, [0, 3, 4, 5]]) and torch.equal(f[0, 4], torch.zeros(3))
+    assert torch.equal(f[1, :3], feats[1, 3:]) and torch.equal(f[1, 3:], torch.zeros(2, 3))
+    inf = float("-inf")
+    assert torch.allclose(bias, torch.tensor([[0, 0, 0, inf, math.log(2)], [0, 0, 0, math.log(3), inf]]))
+
+
+@pytest.mark.parametrize("rscl, cut, dropout, train", [("proprio", "view", 0.0, True), ("action", "token", 0.0, True),
+                                                        ("infonce", "span", 0.2, False)])
+def test_rscl_losses_equal_the_two_pass_code(synthetic, rscl, cut, dropout, train):
+    # the previous code ran the second adapter pass in full on the zeroed features and kept u's output;
+    # same seeds -> same losses and gradients (dropout 0, main.sh's setting, or eval mode)
+    torch.manual_seed(0)
+    policy = Policy(make_config(image_size=32, adapter_dropout=dropout))
+    b, feats, mask, views, q, A = batch_of(policy, synthetic)
+    policy.train(train)
+    results = []
+    for second_pass in ("summary", "two-pass"):
+        if second_pass == "two-pass":
+            full = type(policy.adapter).forward
+            policy.adapter.summary = lambda f, m, d: full(policy.adapter, f.masked_fill(d[..., None], 0.0), m)[1]
+        torch.manual_seed(1)
+        out = policy(feats, mask, views, q, A, rscl=rscl, cutoff_kind=cut)
+        (out["loss_fm"] + out["loss_rscl"]).backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        policy.zero_grad(set_to_none=True)
+        results.append((out, grads))
+    (new, g_new), (old, g_old) = results
+    for key in ("loss_fm", "loss_rscl", "cos_z", "w_entropy"):
+        assert torch.allclose(new[key], old[key], atol=1e-6, rtol=0), key
+    assert g_new.keys() == g_old.keys() and len(g_new) > 20
+    for n in g_new:
+        assert torch.allclose(g_new[n], g_old[n], atol=1e-6, rtol=1e-4), n
 
 
 def test_fresh_dit_blocks_are_identity_and_initial_velocity_is_zero(policy, synthetic):

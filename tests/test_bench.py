@@ -1,0 +1,31 @@
+"""Smoke runs of bench.py's step benchmark (one case, in-process) and FLOP count on the tiny backbone.
+The CKNNA benchmark's smoke run is in test_cknna.py.  python -m pytest -q tests/test_bench.py"""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--backbone", "tiny", "--views", "2", "--image-size", "32", "--batch-size", "2", "--warmup", "1", "--iters", "3"]
+
+
+def run(*flags):
+    r = subprocess.run([sys.executable, "bench.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+def test_paired_case_times_both_steps():
+    # baseline and RS-CL steps alternate in one process (the ratio bench.py's summary reports)
+    (r,) = run(*TINY, "--case", "paired-cached")
+    assert r["case"] == "paired-cached" and r["steps_each"] == 3
+    assert r["baseline_step_ms"] > 0 and r["rscl_step_ms"] > 0
+    assert abs(r["rscl_over_baseline"] - r["rscl_step_ms"] / r["baseline_step_ms"]) < 1e-9
+
+
+def test_flop_count_and_bad_flags():
+    out = run("--flops-only", *TINY[:6])[-1]
+    assert out["views"] == 2 and out["rscl_policy_tflop_per_sample"] > out["baseline_policy_tflop_per_sample"] > 0
+    assert out["rscl_over_baseline_cached"] == out["rscl_policy_tflop_per_sample"] / out["baseline_policy_tflop_per_sample"]
+    r = subprocess.run([sys.executable, "bench.py", "--token-pool", "0"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().startswith("error: --token-pool") and "Traceback" not in r.stderr
