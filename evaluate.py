@@ -39,7 +39,8 @@ p.error = lambda msg: die(f"{msg}: see python evaluate.py --help")   # argparse'
 p.add_argument("ckpt")
 p.add_argument("--tasks", default="lift")
 p.add_argument("--episodes", type=int, default=10, help="episodes per task")
-p.add_argument("--appearance", default="seen", choices=["seen", "unseen"], help="training-like or held-out looks")
+p.add_argument("--appearance", default="seen", choices=["seen", "unseen", "none"],
+               help="training-like or held-out looks; none: robosuite's stock look (sim.py --no-appearance)")
 p.add_argument("--execute", type=int, default=8, help="actions executed per predicted chunk before re-planning")
 p.add_argument("--init-noise", type=float, default=1.0,
                help="std of the flow's starting point x0 at inference: 1 = sampling (GR00T, default), 0 = deterministic")

@@ -20,7 +20,10 @@ SURFACES = {"table": ("table_ceramic", "table_mat", "light-wood", "dark-wood"), 
 def appearance(split, i):
     """The look of episode i ("seen" or "unseen"): RGB tints of table, floor, walls and (lift) the cube,
     the light's brightness and a shift of its direction. 'seen' hues lie in [0, 0.5), 'unseen' hues in
-    [0.5, 1): the held-out looks are disjoint. Brightness and light ranges are shared."""
+    [0.5, 1): the held-out looks are disjoint. Brightness and light ranges are shared. "none": robosuite's
+    stock look for every episode (None, as sim.py --no-appearance collects)."""
+    if split == "none":
+        return None
     lo, hi = HUES[split]
     rng = np.random.default_rng([list(HUES).index(split), i])
     tint = lambda s=(0.2, 0.8), v=(0.5, 1.0): [round(c, 3) for c in colorsys.hsv_to_rgb(

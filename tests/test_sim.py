@@ -39,6 +39,7 @@ def test_observation_gives_the_documented_proprio():
 def test_appearances_are_seeded_and_seen_unseen_disjoint():
     assert sim.appearance("seen", 3) == sim.appearance("seen", 3) != sim.appearance("seen", 4)
     json.dumps(sim.appearance("unseen", 3))   # stored as a JSON attribute
+    assert sim.appearance("none", 3) is None   # the stock look (evaluate.py --appearance none)
     hue = lambda rgb: colorsys.rgb_to_hsv(*rgb)[0]
     for key in ("table", "floor", "walls", "object"):
         seen = [hue(sim.appearance("seen", i)[key]) for i in range(200)]
