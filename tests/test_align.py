@@ -1,9 +1,11 @@
 """--align (Don't Blind Your VLA): the loss, the frozen projector, the teacher's grid, the cache, checkpoints, train.py.
     python -m pytest -q tests/test_align.py"""
 import json
-import math
 import os
+import shutil
 
+import h5py
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from data import DemoDataset, collate
 from features import build_cache, cache_key
 from loss import align_loss
 from model import Policy, make_config
+from test_train import FAST, bad, rows, train
 
 CAMS = ["agentview", "frontview", "robot0_eye_in_hand"]
 
@@ -167,3 +170,45 @@ def test_cache_holds_the_teachers_targets_and_is_keyed_by_the_teacher(tiny, synt
     tf, _, tv = teacher(live["images"], live["instructions"])          # 2 x 2 patches of a view -> their mean
     assert torch.allclose(t_live[:, 1], tf[:, 4:8].float().mean(1), atol=1e-5)
     assert torch.equal(batch_targets(live, feats, views, tiny, tiny, 32), feats[:, [7, 10, 13]].float())   # self
+
+
+# --- train.py ---
+
+def test_train_with_align_and_rscl(synthetic, tmp_path):
+    # the teacher is another encoder, run live beside the backbone (its cached form: the test above)
+    run = str(tmp_path / "run")
+    r = train("--data", synthetic, "--align", "--rscl", "--teacher", "dinov2-s", "--max-iters", "3", "--out", run, *FAST)
+    assert r.returncode == 0, r.stderr
+    log = rows(run)
+    assert [row["step"] for row in log] == [1, 2, 3]
+    for row in log:
+        assert -1 <= row["align_cos"] <= 1 and row["loss_align"] == -row["align_cos"] and "loss_rscl" in row
+    evals = [json.loads(l) for l in open(os.path.join(run, "log.jsonl")) if "val_loss_fm" in l]
+    assert "val_align_cos" in evals[0]
+    ckpt = torch.load(os.path.join(run, "ckpt.pt"), weights_only=True)
+    assert ckpt["config"]["teacher"] == "dinov2-s" and ckpt["config"]["align_weight"] == 0.2
+    assert ckpt["model_config"]["align_dim"] == 384 and ckpt["model_config"]["align_seed"] == 0
+    assert any(k.startswith("align_proj.") for k in ckpt["model"])
+    policy = Policy.from_checkpoint(os.path.join(run, "ckpt.pt"))
+    in_opt = sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"])
+    assert in_opt == sum(1 for p in policy.parameters() if p.requires_grad)       # P is not in the optimizer
+    assert in_opt == len([k for k in ckpt["model"] if not k.startswith("align_proj.") and k not in
+                          ("q_min", "q_max", "a_min", "a_max")])
+
+
+def test_bad_align_flags(synthetic, tmp_path):
+    out = ["--out", str(tmp_path / "r")]
+    bad(train("--data", synthetic, "--align", "--align-weight", "-1", *out), "--align-weight", "-1")
+    bad(train("--data", synthetic, "--align-weight", "0.5", *out), "--align-weight", "--align is not")
+    bad(train("--data", synthetic, "--teacher", "dinov2-s", *out), "--teacher", "--align is not")
+    bad(train("--data", synthetic, "--align", "--teacher", "clip", *out), "clip", "dinov2-s")
+    wide = str(tmp_path / "wide.hdf5")                                 # 32 x 24 images: no square grid
+    shutil.copy(synthetic, wide)
+    with h5py.File(wide, "a") as f:
+        for demo in f["data"].values():
+            for k in [k for k in demo["obs"] if k.endswith("_image")]:
+                crop = np.ascontiguousarray(demo["obs"][k][:, :, :24])
+                del demo["obs"][k]
+                demo["obs"][k] = crop
+    bad(train("--data", wide, "--align", *out), "square")
+    assert not (tmp_path / "r").exists()
