@@ -196,6 +196,21 @@ def test_train_with_align_and_rscl(synthetic, tmp_path):
                           ("q_min", "q_max", "a_min", "a_max")])
 
 
+def test_train_with_a_cached_teacher_matches_the_live_teacher(synthetic, tmp_path):
+    live, cached = str(tmp_path / "live"), str(tmp_path / "cached")
+    common = ["--data", synthetic, "--align", "--teacher", "dinov2-s", "--demos-per-task", "1", "--max-iters", "2",
+              *FAST, "--cache-dir", str(tmp_path / "cache")]
+    assert train(*common, "--out", live).returncode == 0
+    r = train(*common, "--out", cached, "--cache-features")
+    assert r.returncode == 0, r.stderr
+    meta = [json.load(open(os.path.join(tmp_path, "cache", d, "meta.json"))) for d in os.listdir(tmp_path / "cache")]
+    assert len(meta) == 2 and all(m["teacher"]["name"] == "dinov2-s" for m in meta)   # train and val, keyed by it
+    for a, b in zip(rows(live), rows(cached)):   # the same batches; only the 16-bit storage differs
+        assert abs(a["loss_align"] - b["loss_align"]) < 1e-2                 # a cosine: an absolute tolerance
+        assert abs(a["loss_fm"] - b["loss_fm"]) < 1e-2 * a["loss_fm"]
+    assert any(a["loss_align"] != b["loss_align"] for a, b in zip(rows(live), rows(cached)))   # really from the cache
+
+
 def test_bad_align_flags(synthetic, tmp_path):
     out = ["--out", str(tmp_path / "r")]
     bad(train("--data", synthetic, "--align", "--align-weight", "-1", *out), "--align-weight", "-1")
