@@ -50,7 +50,8 @@ def view_tokens(x, views, n):
 def resample(t, n):
     """t (B, V, m, D_t) each view's teacher tokens on its g_t x g_t grid -> (B, V, n, D_t) on the policy's g x g:
     adaptive average pooling when g < g_t (a policy token gets the mean of the teacher patches it covers),
-    bilinear interpolation when g > g_t, unchanged when the grids are equal."""
+    bilinear interpolation when g > g_t, unchanged when the grids are equal. Both grids cover the whole image
+    (every encoder here resizes the image, none crops it), so resampling one onto the other matches regions."""
     B, V, m, D_t = t.shape
     g_t, g = grid_side(m, "the teacher"), grid_side(n, "the backbone")
     if g == g_t:
