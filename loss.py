@@ -1,10 +1,12 @@
 """
 RS-CL, the paper's contribution, in torch only: soft-weighted InfoNCE, the soft weights, the
-cutoff augmentations (view / token / span) and the lambda schedule.
+cutoff augmentations (view / token / span) and the lambda schedule; and the alignment loss of the
+related method "Don't Blind Your VLA" (align.py holds its projector and the teacher's grid).
 
     w_ij   = softmax_j( -||q_i - q_j||_2 / beta )                       (self pair included)
     L_RSCL = -(1/B) sum_i sum_j w_ij * log softmax_j( cos(z_i, z_tilde_j) / tau )
     L      = L_FM + lambda(step) * L_RSCL,   lambda = 0.5 * (1 + cos(pi * step / max_steps))
+    L_align = -(1/M) sum_m cos(P(h_m), t_m)   over the M real image tokens   (--align, weight 0.2)
 
 Anchors are the clean z_i, candidates the cut-off z_tilde_j. The loss is one-directional and both
 branches get gradients (the paper states neither; this is the plainest reading of its formula).
@@ -98,6 +100,15 @@ def cutoff_mask(feats, mask, views, kind="view", ratio=0.1, generator=None):
     else:
         raise ValueError(f"unknown cutoff '{kind}': choose view, token or span")
     return drop
+
+
+# --- alignment to a frozen teacher (Don't Blind Your VLA) ---
+def align_loss(p, t, mask=None):
+    """p (B, M, D_t) the frozen projector's output P(h) at the image tokens, t (B, M, D_t) the teacher's
+    features there, mask (B, M) True = real token (None: all) -> scalar -mean cos(p_m, t_m), in [-1, 1]."""
+    cos = (F.normalize(p, dim=-1) * F.normalize(t, dim=-1)).sum(-1)          # (B, M) per-token cosine
+    m = torch.ones_like(cos) if mask is None else mask.to(cos.dtype)         # (B, M)
+    return -(cos * m).sum() / m.sum().clamp_min(1)
 
 
 def rscl_lambda(step, max_steps, floor=0.0):

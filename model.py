@@ -6,6 +6,7 @@ The RS-CL policy, GR00T-N1.5 style, in one file:
     --> adapter f_phi (LayerNorm + pre-LN self-attention blocks) --> h (B, N, D) and w (B, D)
     h --> DiT action decoder D_theta --> velocity of the action chunk (flow matching)
     w --> projector g_psi (2-layer MLP) --> z (B, 128)            (RS-CL only, see loss.py)
+    h at the image tokens --> frozen random P --> cos to a frozen teacher   (--align only, see align.py)
 
 Flow-time convention, stated once (GR00T's): tau = 0 is noise, tau = 1 is data,
     x_tau = (1 - tau) * eps + tau * A,   target velocity v = A - eps,
@@ -20,9 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from align import projector, view_tokens
 from attention import MLP, Attention, Block, merge_zeroed
 from backbone import Backbone, BACKBONES
-from loss import cutoff_mask, rscl_diagnostics, rscl_loss, soft_weights
+from loss import align_loss, cutoff_mask, rscl_diagnostics, rscl_loss, soft_weights
 
 # -----------------------------------------------------------------------------
 # configuration: the model's shape in one dataclass, named sizes in a plain dict
@@ -33,7 +35,7 @@ SIZES = {
                  future_tokens=4, state_hidden=128, proj_hidden=256),
     # GR00T N1.5: adapter 4 blocks at the backbone width (32 heads), DiT 16 blocks x 1536 (32 heads x 48)
     "paper": dict(adapter_layers=4, adapter_heads=32, dit_layers=16, dit_width=1536, dit_heads=32,
-                  future_tokens=32, state_hidden=1024, proj_hidden=2048),
+                  future_tokens=32, state_hidden=1024, proj_hidden=2048, align_hidden=2048),
 }
 
 
@@ -62,6 +64,9 @@ class PolicyConfig:
     proj_hidden: int = 256           # g_psi hidden width (paper: 2048)
     proj_dim: int = 128              # z dimension
     euler_steps: int = 4             # K
+    align_dim: int = 0               # --align: the teacher's width D_t (0: no alignment projector)
+    align_hidden: int = 512          # the frozen projector P's hidden width (paper: 2048)
+    align_seed: int = 0              # P's weights are drawn from this fixed seed (and saved in the checkpoint)
 
 
 def make_config(**kw):
@@ -225,6 +230,10 @@ class Policy(nn.Module):
         self.adapter = Adapter(self.backbone.dim, D, cfg.adapter_layers, cfg.adapter_heads, cfg.adapter_dropout, n_pos)
         self.projector = nn.Sequential(nn.Linear(D, cfg.proj_hidden), nn.GELU(), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
         self.dit = DiT(cfg, cond_dim=D)
+        # --align: P, frozen (requires_grad False: not in the optimizer) but a submodule, so it is saved and restored;
+        # made without drawing from the run's RNG stream (its weights: init_weights, from cfg.align_seed)
+        with torch.random.fork_rng(devices=[]):
+            self.align_proj = projector(D, cfg.align_hidden, cfg.align_dim) if cfg.align_dim else None
         # min-max statistics of q and A, buffers so that they travel in the checkpoint (set by set_stats)
         for name, dim in (("q", cfg.state_dim), ("a", cfg.action_dim)):
             self.register_buffer(f"{name}_min", -torch.ones(dim))
@@ -235,7 +244,7 @@ class Policy(nn.Module):
     def init_weights(self):
         """Every init decision of the trainable parts, in one place (never touches the backbone)."""
         for name, m in self.named_modules():
-            if name.startswith("backbone"):
+            if name.startswith(("backbone", "align_proj")):
                 continue
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -250,14 +259,25 @@ class Policy(nn.Module):
             nn.init.zeros_(block.ada[-1].weight); nn.init.zeros_(block.ada[-1].bias)
         nn.init.zeros_(self.dit.ada_out[-1].weight); nn.init.zeros_(self.dit.ada_out[-1].bias)
         nn.init.zeros_(self.dit.head.weight); nn.init.zeros_(self.dit.head.bias)
+        # the frozen random projector P: PyTorch's default init under its own seed, so it is the same P whatever the
+        # run's seed and the global RNG stream is left untouched (an align run draws the same noise as the baseline)
+        if self.align_proj is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.align_seed)
+                for m in self.align_proj:
+                    if hasattr(m, "reset_parameters"):
+                        m.reset_parameters()
 
     def train(self, mode=True):
         super().train(mode)
         self.backbone.train(False)   # frozen means frozen: eval mode always (no dropout)
+        if self.align_proj is not None:
+            self.align_proj.train(False)
         return self
 
     def trainable_state_dict(self):
-        """Everything but the frozen backbone (its weights come from the hub or --backbone-path)."""
+        """Everything but the frozen backbone (its weights come from the hub or --backbone-path); the frozen
+        align projector P is kept (a few MB), so a checkpoint restores it exactly."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     # --- normalisation: min-max to [-1, 1] ---
@@ -275,12 +295,14 @@ class Policy(nn.Module):
 
     # --- the training objective ---
     def forward(self, feats, mask, views, q, A, rscl="none", cutoff_kind="view", beta=1.0, tau=0.2, beta_scale="none",
-                rscl_on="u"):
+                rscl_on="u", teacher=None):
         """feats (B, N, D) backbone features, mask (B, N), views (B, V, 2) token slice of each view,
         q (B, 10) and A (B, H, a) normalised to [-1, 1].
         rscl: 'none' (baseline), 'proprio' (RS-CL), 'infonce' (identity targets), 'action' (next-action weights).
         rscl_on: 'u' (the paper: the summarization token's output w) or 'pooled-h' (the mean of h over real
-        tokens, the representation CKNNA measures). Returns a dict of scalars: loss_fm, loss_rscl, diagnostics."""
+        tokens, the representation CKNNA measures). teacher (B, V*n, D_t): a frozen teacher's features at the n image
+        tokens of each view (align.teacher_targets), or None (no alignment).
+        Returns a dict of scalars: loss_fm, loss_rscl and its diagnostics, loss_align and align_cos."""
         h, w = self.adapter(feats, mask)                                 # (B, N, D), (B, D)
         # --- flow matching (tau = 0 noise, tau = 1 data) ---
         B = A.shape[0]
@@ -290,6 +312,14 @@ class Policy(nn.Module):
         x, v_target = flow_path(A, torch.randn_like(A), tau_fm[:, None, None])
         v = self.dit(x, (tau_fm * 1000).long(), h, mask, q)              # (B, H, a)
         out = {"loss_fm": F.mse_loss(v.float(), v_target.float())}
+        if teacher is not None:   # --- alignment to a frozen teacher: h at each view's n image tokens, through P ---
+            if self.align_proj is None:
+                raise ValueError("teacher features given to a policy without an align projector (cfg.align_dim 0)")
+            n = teacher.shape[1] // views.shape[1]                       # tokens per view
+            p = self.align_proj(view_tokens(h, views, n).flatten(1, 2))   # (B, V*n, D_t)
+            real = view_tokens(mask[..., None], views, n).flatten(1)      # (B, V*n)
+            out["loss_align"] = align_loss(p.float(), teacher.float(), real)
+            out["align_cos"] = -out["loss_align"].detach()               # the mean cosine, for the log
         if rscl == "none":
             return out
         # --- RS-CL: a second adapter pass on cut-off features; no second backbone pass ---

@@ -38,6 +38,8 @@ VARIANTS = {
     "action": ["--rscl", "--rscl-target", "action"],                # next-action distances
     "token": ["--rscl", "--cutoff", "token"],
     "span": ["--rscl", "--cutoff", "span"],
+    "align": ["--align"],                                           # Don't Blind Your VLA: teacher = the backbone, weight 0.2
+    "rscl-align": ["--rscl", "--align"],
 }
 PRESETS = {
     "main": dict(variants=["rscl", "baseline"], episodes=50, unseen=20),

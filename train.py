@@ -3,6 +3,7 @@ Train the RS-CL policy: flow matching on action chunks, plus lambda * RS-CL with
 
     python train.py --rscl                                   # tiny backbone, CPU, data/demos.hdf5
     python train.py --backbone qwen2.5-vl-3b --rscl          # one GPU, the paper's sizes
+    python train.py --rscl --align --teacher dinov2-s       # + alignment to a frozen teacher (align.py)
     torchrun --nproc_per_node 8 train.py --backbone qwen2.5-vl-3b --rscl   # several GPUs
 
 A plain nanoGPT-shaped loop: bf16 autocast on CUDA (and on CPUs with native bf16 matmuls), AdamW (GR00T's hyper-parameters, no decay on
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backbone import BACKBONES, WeightsNotFound, cpu_bf16
+from align import batch_targets, make_teacher
+from backbone import BACKBONES, Backbone, WeightsNotFound, cpu_bf16
 from data import Batches, DataError, open_like
 from features import build_cache
 from layouts import FLIPS, LAYOUTS, ORIENTATIONS, run_layout
@@ -63,6 +65,10 @@ p.add_argument("--beta-scale", default="none", choices=["none", "median"],
 p.add_argument("--lambda-floor", type=float, default=0.0, help="lambda decays from 1 to this (the paper: 0)")
 p.add_argument("--rscl-on", default="u", choices=["u", "pooled-h"],
                help="what z is projected from: u's output w (the paper) or h mean-pooled (what CKNNA measures)")
+p.add_argument("--align", action="store_true", help="align h at the image tokens to a frozen teacher's patch "
+                                                      "features through a frozen random MLP (Don't Blind Your VLA)")
+p.add_argument("--align-weight", type=float, default=None, help="weight of the align loss (default with --align: 0.2)")
+p.add_argument("--teacher", default="", help=f"--align's teacher, one of {', '.join(BACKBONES)} (default: --backbone)")
 p.add_argument("--data", default="data/demos.hdf5")
 p.add_argument("--layout", default="", help=f"the data's layout, one of {', '.join(LAYOUTS)} (default: robomimic for "
                                             f"an HDF5 file, lerobot for a LeRobot dataset folder); see layouts.py")
@@ -130,6 +136,15 @@ def check_args(a):
     for flag, path in (("--out", a.out), ("--cache-dir", a.cache_dir)):
         if os.path.isfile(path):
             die(f"{flag} {path} is a file: name a folder")
+    for flag, v in (("--align-weight", a.align_weight), ("--teacher", a.teacher or None)):
+        if v is not None and not a.align:
+            die(f"{flag} is set but --align is not: add --align, or drop {flag}")
+    if a.align:   # the defaults, resolved: the config says which teacher and weight
+        a.align_weight, a.teacher = 0.2 if a.align_weight is None else a.align_weight, a.teacher or a.backbone
+        if not 0 <= a.align_weight <= 1e30:
+            die(f"--align-weight must be in [0, 1e+30] (got {a.align_weight})")
+        if a.teacher not in BACKBONES:
+            die(f"unknown --teacher '{a.teacher}': choose one of {', '.join(BACKBONES)}")
     if a.resume and a.overwrite:
         die("pass --resume (continue the run) or --overwrite (replace it), not both")
     vars(a).update(run_layout(vars(a)))   # the layout's '' resolved: the config says how the data is read
@@ -150,7 +165,7 @@ def main():
         die("--rscl needs --batch-size >= 2: the contrastive loss compares samples within a batch")
     if args.size not in SIZES:
         die(f"unknown size '{args.size}': choose one of {', '.join(SIZES)}")
-    out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}")
+    out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}{'-align' * args.align}")
     ckpt_path = os.path.join(out, "ckpt.pt")
     if args.overwrite and os.path.isdir(out) and os.listdir(out) and not {"ckpt.pt", "config.json"} & set(os.listdir(out)):
         die(f"--overwrite would delete {out}, which is not a run folder (no ckpt.pt or config.json in it): choose another --out")
@@ -186,13 +201,15 @@ def main():
 
     # --- model ---
     torch.manual_seed(args.seed + rank)
-    cfg = make_config(backbone=args.backbone, backbone_path=args.backbone_path, layer=args.layer, size=args.size,
-                      token_pool=args.token_pool, adapter_dropout=args.adapter_dropout, adapter_pos=args.adapter_pos,
-                      cameras=train_ds.cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
-                      horizon=args.horizon, state_dim=train_ds.q[0].shape[1])
     try:
-        policy = Policy(cfg, device=device)
-        policy.backbone.check_images(train_ds.image_shape)
+        backbone = Backbone(args.backbone, args.backbone_path, args.layer, device=device, pool=args.token_pool)
+        backbone.check_images(train_ds.image_shape)
+        teacher = make_teacher(args.teacher, backbone, train_ds.image_shape, device) if args.align else None
+        cfg = make_config(backbone=args.backbone, backbone_path=args.backbone_path, layer=args.layer, size=args.size,
+                          token_pool=args.token_pool, adapter_dropout=args.adapter_dropout, adapter_pos=args.adapter_pos,
+                          cameras=train_ds.cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
+                          horizon=args.horizon, state_dim=train_ds.q[0].shape[1], align_dim=teacher.dim if teacher else 0)
+        policy = Policy(cfg, backbone=backbone, device=device)
     except (WeightsNotFound, ValueError) as e:
         die(str(e))
     if args.resume:
@@ -208,8 +225,9 @@ def main():
             die("--cache-features cannot be used with --augment: augmented images give new features at every step")
         if any(p.requires_grad for p in policy.backbone.parameters()):
             die("--cache-features needs a frozen backbone: its features must not change during training")
-        train_src = build_cache(policy.backbone, train_ds, args.cache_dir, "train", args.batch_size)
-        val_src = build_cache(policy.backbone, val_ds, args.cache_dir, "val", args.batch_size)
+        other = teacher if teacher is not backbone else None   # a teacher of its own: cached beside the backbone
+        train_src = build_cache(policy.backbone, train_ds, args.cache_dir, "train", args.batch_size, other)
+        val_src = build_cache(policy.backbone, val_ds, args.cache_dir, "val", args.batch_size, other)
     model = policy   # `policy` stays the plain module: checkpoints and evaluation use it
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not args.rscl)
@@ -245,7 +263,8 @@ def main():
             feats, mask, views = policy.backbone(b["images"], b["instructions"])
         q = policy.normalize(b["q"].to(device, non_blocking=True), "q")
         A = policy.normalize(b["A"].to(device, non_blocking=True), "a")
-        return feats, mask, views, q, A
+        t = batch_targets(b, feats, views, backbone, teacher, cfg.image_size)   # --align: (B, V*n, D_t), else None
+        return feats, mask, views, q, A, t
 
     def loader(source, seed, first, n, augment_images=False, workers=0):
         ds = source.ds if hasattr(source, "ds") else source          # a FeatureCache keeps the DemoDataset's order
@@ -256,9 +275,10 @@ def main():
                                            generator=torch.Generator().manual_seed(seed))  # not the global RNG
 
     def losses(m, batch):
+        *batch, t = batch
         with autocast:
             return m(*batch, rscl=args.rscl_target if args.rscl else "none", cutoff_kind=args.cutoff,
-                     beta=args.beta, tau=args.tau, beta_scale=args.beta_scale, rscl_on=args.rscl_on)
+                     beta=args.beta, tau=args.tau, beta_scale=args.beta_scale, rscl_on=args.rscl_on, teacher=t)
 
     @torch.no_grad()
     def evaluate(n_batches=args.eval_iters):
@@ -278,7 +298,7 @@ def main():
         n_batches = max(1, min(len(val_src), 512) // args.batch_size)
         with torch.no_grad(), autocast:
             for b in loader(val_src, 4321, 0, n_batches):
-                feats, mask, views, q, A = on_device(b)
+                feats, mask, views, q, A, _ = on_device(b)
                 h, _ = policy.adapter(feats, mask)
                 m = mask[..., None].float()
                 hs.append(((h.float() * m).sum(1) / m.sum(1)).cpu())
@@ -345,7 +365,8 @@ def main():
         n_train = sum(p.numel() for p in params)
         print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} "
               f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, frozen), {n_train / 1e6:.2f}M trainable, "
-              f"device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}")
+              f"device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}"
+              f"{f', align to {args.teacher} (weight {args.align_weight:g})' if args.align else ''}")
     log = open(os.path.join(run["dir"], "log.jsonl"), "a" if args.resume else "w") if master else None
 
     # --- the loop ---
@@ -364,7 +385,7 @@ def main():
             if ddp:   # all-reduce gradients on the last micro-step only
                 getattr(model, "_orig_mod", model).require_backward_grad_sync = micro == args.grad_accum - 1
             out_ = losses(model, on_device(next(batches)))
-            loss = out_["loss_fm"] + lam * out_.get("loss_rscl", 0.0)
+            loss = out_["loss_fm"] + lam * out_.get("loss_rscl", 0.0) + (args.align_weight or 0) * out_.get("loss_align", 0.0)
             (loss / args.grad_accum).backward()
             finite &= torch.isfinite(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
