@@ -132,6 +132,20 @@ def mutual_knn(feats_a, feats_b, topk=10):
     return hit.sum().item() / (A.shape[0] * k)
 
 
+def pooled_h_cknna(policy, batches, topk=10):
+    """CKNNA of the adapter's h, mean-pooled over real tokens, against q, from batches of the policy's inputs
+    (feats, mask, views, q, ...) (train.py --cknna-every). NaN with topk or fewer samples."""
+    from model import masked_mean
+    hs, qs = [], []
+    for feats, mask, _, q, *_ in batches:
+        h, _ = policy.adapter(feats, mask)                                            # (B, N, D)
+        hs.append(masked_mean(h.float(), mask).cpu())                                 # (B, D)
+        qs.append(q.float().cpu())
+    h, q = torch.cat(hs), torch.cat(qs)
+    h, q = h / h.norm(dim=1, keepdim=True), q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return cknna(h, q, topk=topk) if len(h) > topk else float("nan")
+
+
 # -----------------------------------------------------------------------------
 # plots (matplotlib imported here only; a bare Figure renders with the Agg canvas)
 

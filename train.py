@@ -11,15 +11,11 @@ biases and norms), warm-up then cosine lr, gradient clipping and accumulation, p
 atomic checkpoints of plain types, exact --resume, a tqdm bar and a JSONL log in the run folder.
 """
 import argparse
-import atexit
 import json
 import math
 import os
 import re
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -35,6 +31,7 @@ from features import build_cache
 from layouts import FLIPS, LAYOUTS, ORIENTATIONS, run_layout
 from loss import rscl_lambda
 from model import SIZES, Policy, make_config, load_checkpoint
+from runfolder import RunFolder
 
 
 def die(msg, code=2):   # bad input: one clear line on stderr, a non-zero exit, nothing overwritten
@@ -292,21 +289,13 @@ def main():
 
     def cknna_score():
         """CKNNA (k = 10) of h, mean-pooled over real tokens, against q on up to 512 validation samples."""
-        from cknna import cknna   # the metric's file is a library with a command attached, like sim.py
+        from cknna import pooled_h_cknna   # the metric's file is a library with a command attached, like sim.py
         policy.eval()
-        hs, qs = [], []
-        n_batches = max(1, min(len(val_src), 512) // args.batch_size)
         with torch.no_grad(), autocast:
-            for b in loader(val_src, 4321, 0, n_batches):
-                feats, mask, views, q, A, _ = on_device(b)
-                h, _ = policy.adapter(feats, mask)
-                m = mask[..., None].float()
-                hs.append(((h.float() * m).sum(1) / m.sum(1)).cpu())
-                qs.append(q.float().cpu())
+            batches = (on_device(b) for b in loader(val_src, 4321, 0, max(1, min(len(val_src), 512) // args.batch_size)))
+            score = pooled_h_cknna(policy, batches)
         policy.train()
-        h, q = torch.cat(hs), torch.cat(qs)
-        h, q = h / h.norm(dim=1, keepdim=True), q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return cknna(h, q, topk=10) if len(h) >= 11 else float("nan")
+        return score
 
     def policy_stats():
         """The min-max statistics the policy uses (its buffers: on resume, the checkpoint's, not the file's)."""
@@ -314,12 +303,13 @@ def main():
 
     # --- NaN guard: the first step with a non-finite loss or gradient, kept on the device (no sync per step), read
     # at log, eval and checkpoint steps; a checkpoint is written only if it is clean and the weights give a finite loss
-    run = dict(dir=out, saved=step if args.resume else 0, bad=torch.zeros((), dtype=torch.long, device=device))
+    run = dict(bad=torch.zeros((), dtype=torch.long, device=device))
+    folder = RunFolder(out, args.resume, step)
 
     def stop(what, at):
         bar.close()
-        kept = (f"the last good checkpoint (step {run['saved']}) is kept in {ckpt_path}: resume it with a lower --lr"
-                if run["saved"] else "no checkpoint had been written, so this run keeps nothing: start again with a lower --lr")
+        kept = (f"the last good checkpoint (step {folder.saved}) is kept in {ckpt_path}: resume it with a lower --lr"
+                if folder.saved else "no checkpoint had been written, so this run keeps nothing: start again with a lower --lr")
         die(f"{what} at step {at}: training stopped; {kept}, or check the data", code=3)
 
     def guard(at, row=None):   # one host sync
@@ -339,35 +329,17 @@ def main():
                      model_config=asdict(cfg), stats=policy_stats(), step=it,
                      rng=dict(torch=torch.get_rng_state(),
                               **({"cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {})))
-        path = os.path.join(run["dir"], "ckpt.pt")
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)   # atomic: a crash never leaves a half-written ckpt.pt
-        if run["dir"] != out:   # a new run takes out's place at its first checkpoint; an old one (--overwrite) goes
-            if os.path.exists(out):   # aside, into the new folder (a name of ours), then is deleted
-                os.rename(out, os.path.join(run["dir"], "replaced"))
-            os.rename(run["dir"], out)
-            shutil.rmtree(os.path.join(out, "replaced"), ignore_errors=True)
-            run["dir"] = out
-        run["saved"] = it
+        folder.save(state, it)   # atomic; a new run's folder takes out's place at its first checkpoint
 
-    def discard():   # a new run that stops before its first checkpoint (error, NaN, Ctrl-C, kill) leaves nothing
-        if not run["saved"]:
-            shutil.rmtree(run["dir"], ignore_errors=True)
-
-    if master:   # every check has passed: only now is anything written. A new run writes into a folder of its own,
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)   # which takes out's place at its first checkpoint
+    if master:   # every check has passed: only now is anything written (runfolder.py: nothing lost or half-written)
         if not args.resume:
-            run["dir"] = tempfile.mkdtemp(prefix=os.path.basename(out) + ".incomplete-", dir=os.path.dirname(out) or ".")
-            atexit.register(discard)
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # `kill`: exit through atexit, like Ctrl-C
-            with open(os.path.join(run["dir"], "config.json"), "w") as f:
-                json.dump(dict(args=vars(args), model=asdict(cfg), stats=policy_stats()), f, indent=1)
+            folder.start(dict(args=vars(args), model=asdict(cfg), stats=policy_stats()))
         n_train = sum(p.numel() for p in params)
         print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} "
               f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, frozen), {n_train / 1e6:.2f}M trainable, "
               f"device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}"
               f"{f', align to {args.teacher} (weight {args.align_weight:g})' if args.align else ''}")
-    log = open(os.path.join(run["dir"], "log.jsonl"), "a" if args.resume else "w") if master else None
+    log = open(os.path.join(folder.dir, "log.jsonl"), "a" if args.resume else "w") if master else None
 
     # --- the loop ---
     policy.train()
@@ -418,7 +390,7 @@ def main():
         if it + 1 == args.stop_after:
             break
     if master:
-        print(f"done: {ckpt_path} (step {run['saved']}), log {os.path.join(out, 'log.jsonl')}")
+        print(f"done: {ckpt_path} (step {folder.saved}), log {os.path.join(out, 'log.jsonl')}")
     if ddp:
         torch.distributed.destroy_process_group()
 

@@ -1,0 +1,49 @@
+"""
+A run's folder (train.py): nothing is lost, nothing half-written is taken for whole.
+
+A new run writes into a folder of its own, NAME.incomplete-XXXX beside NAME, which takes NAME's place at its first
+checkpoint; a start that fails, is stopped (Ctrl-C, `kill`) or hits a NaN before that leaves nothing. With
+--overwrite the old NAME is moved into the new folder at that moment, then deleted, so no name of the user's
+(NAME.old, NAME.new) is ever touched. Checkpoints are written to a temporary name and renamed (atomic).
+A resumed run writes into NAME itself.
+"""
+import atexit
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+import torch
+
+
+class RunFolder:
+    def __init__(self, out, resume, saved_step=0):
+        self.out, self.dir, self.saved = out, out, saved_step if resume else 0
+
+    def start(self, config):
+        """A new run: its own folder, removed at exit unless a checkpoint was saved; config.json in it."""
+        os.makedirs(os.path.dirname(self.out) or ".", exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix=os.path.basename(self.out) + ".incomplete-", dir=os.path.dirname(self.out) or ".")
+        atexit.register(self.discard)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # `kill`: exit through atexit, like Ctrl-C
+        with open(os.path.join(self.dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+
+    def save(self, state, step):
+        """ckpt.pt written atomically (a crash never leaves a half-written one); a new run's folder becomes out."""
+        path = os.path.join(self.dir, "ckpt.pt")
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        if self.dir != self.out:
+            if os.path.exists(self.out):   # the run it replaces (--overwrite) goes aside, into the new folder
+                os.rename(self.out, os.path.join(self.dir, "replaced"))
+            os.rename(self.dir, self.out)
+            shutil.rmtree(os.path.join(self.out, "replaced"), ignore_errors=True)
+            self.dir = self.out
+        self.saved = step
+
+    def discard(self):   # a new run that stops before its first checkpoint leaves nothing
+        if not self.saved:
+            shutil.rmtree(self.dir, ignore_errors=True)
