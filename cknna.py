@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from knn import knn
+from runfolder import swap_in
 
 # -----------------------------------------------------------------------------
 # helpers
@@ -243,15 +244,6 @@ def run_names(paths):
         names = [p[-2] if d == 1 else "/".join(p[-d:]) for p in parts]
         if len(set(names)) == len(names):
             return names
-
-
-def swap_in(new, out):
-    """Replace folder `out` by folder `new`, never a mix of both: the old one goes aside into `new` (a name of ours,
-    so nothing of the user's is touched), `new` takes out's name, then the old one is deleted."""
-    if os.path.exists(out):
-        os.rename(out, os.path.join(new, "replaced"))
-    os.rename(new, out)
-    shutil.rmtree(os.path.join(out, "replaced"), ignore_errors=True)
 
 
 @torch.no_grad()

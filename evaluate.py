@@ -26,6 +26,7 @@ from tqdm import tqdm
 import sim
 from layouts import run_layout
 from model import Policy
+from runfolder import swap_in
 from stats import wilson
 
 
@@ -63,15 +64,6 @@ def check_args(a):
         return f"--init-noise must be in [0, 10] (got {a.init_noise})"
     if a.device != "auto" and (not re.fullmatch(r"cpu|cuda(:\d+)?", a.device) or "cuda" in a.device and not torch.cuda.is_available()):
         return f"--device {a.device} is not available here: use auto, cpu{', cuda or cuda:N' * torch.cuda.is_available()}"
-
-
-def swap_in(new, out):
-    """Replace folder `out` by folder `new`, never a mix of both: the old one goes aside into `new` (a name of ours,
-    so nothing of the user's is touched), `new` takes out's name, then the old one is deleted."""
-    if os.path.exists(out):
-        os.rename(out, os.path.join(new, "replaced"))
-    os.rename(new, out)
-    shutil.rmtree(os.path.join(out, "replaced"), ignore_errors=True)
 
 
 # -----------------------------------------------------------------------------

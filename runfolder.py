@@ -5,7 +5,7 @@ A new run writes into a folder of its own, NAME.incomplete-XXXX beside NAME, whi
 checkpoint; a start that fails, is stopped (Ctrl-C, `kill`) or hits a NaN before that leaves nothing. With
 --overwrite the old NAME is moved into the new folder at that moment, then deleted, so no name of the user's
 (NAME.old, NAME.new) is ever touched. Checkpoints are written to a temporary name and renamed (atomic).
-A resumed run writes into NAME itself.
+A resumed run writes into NAME itself. swap_in does the same for evaluate.py's and cknna.py's output folders.
 """
 import atexit
 import json
@@ -16,6 +16,15 @@ import sys
 import tempfile
 
 import torch
+
+
+def swap_in(new, out):
+    """Replace folder `out` by folder `new`, never a mix of both: the old one goes aside into `new` (a name of ours,
+    so nothing of the user's is touched), `new` takes out's name, then the old one is deleted."""
+    if os.path.exists(out):
+        os.rename(out, os.path.join(new, "replaced"))
+    os.rename(new, out)
+    shutil.rmtree(os.path.join(out, "replaced"), ignore_errors=True)
 
 
 class RunFolder:
@@ -36,11 +45,8 @@ class RunFolder:
         path = os.path.join(self.dir, "ckpt.pt")
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
-        if self.dir != self.out:
-            if os.path.exists(self.out):   # the run it replaces (--overwrite) goes aside, into the new folder
-                os.rename(self.out, os.path.join(self.dir, "replaced"))
-            os.rename(self.dir, self.out)
-            shutil.rmtree(os.path.join(self.out, "replaced"), ignore_errors=True)
+        if self.dir != self.out:   # the run it replaces (--overwrite), if any, goes aside into the new folder
+            swap_in(self.dir, self.out)
             self.dir = self.out
         self.saved = step
 

@@ -16,9 +16,9 @@ from data import DemoDataset, collate
 from features import build_cache, cache_key
 from loss import align_loss
 from model import Policy, make_config
+from test_policy import CAMS, batch_of
 from test_train import FAST, bad, rows, train
 
-CAMS = ["agentview", "frontview", "robot0_eye_in_hand"]
 
 
 # --- the loss ---
@@ -72,14 +72,6 @@ def test_teacher_grid_is_resampled_to_each_views_token_grid():
 @pytest.fixture(scope="module")
 def tiny():
     return Backbone("tiny")
-
-
-def batch_of(policy, path, B=4):
-    ds = DemoDataset(path, CAMS, horizon=16, split="all")
-    b = collate([ds[i] for i in range(0, 4 * B, 4)])
-    policy.set_stats(ds.stats())
-    feats, mask, views = policy.backbone(b["images"], b["instructions"])
-    return b, feats, mask, views, policy.normalize(b["q"], "q"), policy.normalize(b["A"], "a")
 
 
 def test_projector_is_frozen_seeded_outside_the_optimizer_and_only_in_training(tiny, synthetic):
