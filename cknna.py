@@ -253,15 +253,15 @@ def extract(policy, ds, idx, batch_size=32):
     one vector per sample already. q: min-max scaled with the checkpoint's statistics, then
     L2-normalised like the embeddings (as in the paper's analysis)."""
     from data import collate
+    from model import masked_mean
     out = {"backbone": [], "h": [], "z": [], "q": []}
     for s in range(0, len(idx), batch_size):
         b = collate([ds[i] for i in idx[s:s + batch_size]])
         c = policy.encode(b["images"], b["instructions"])
-        m = c["mask"][..., None].float()                                   # (B, N, 1)
-        out["backbone"].append((c["feats"].float() * m).sum(1) / m.sum(1))  # (B, D)
-        out["h"].append((c["h"].float() * m).sum(1) / m.sum(1))             # (B, D)
+        out["backbone"].append(masked_mean(c["feats"].float(), c["mask"]))  # (B, D)
+        out["h"].append(masked_mean(c["h"].float(), c["mask"]))             # (B, D)
         out["z"].append(c["z"].float())                                     # (B, 128)
-        out["q"].append(policy.normalize(b["q"].to(m.device), "q").float())  # (B, 10) in [-1, 1]
+        out["q"].append(policy.normalize(b["q"].to(c["mask"].device), "q").float())  # (B, 10) in [-1, 1]
     return {k: torch.nn.functional.normalize(torch.cat(v).cpu(), dim=1) for k, v in out.items()}
 
 

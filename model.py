@@ -281,6 +281,10 @@ class Policy(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     # --- normalisation: min-max to [-1, 1] ---
+    def get_stats(self):
+        """The min-max statistics in use (its buffers: on resume, the checkpoint's, not the file's)."""
+        return {k: getattr(self, k).tolist() for k in ("q_min", "q_max", "a_min", "a_max")}
+
     def set_stats(self, stats):
         for k in ("q_min", "q_max", "a_min", "a_max"):
             getattr(self, k).copy_(torch.as_tensor(stats[k], dtype=torch.float32))

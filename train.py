@@ -297,13 +297,9 @@ def main():
         policy.train()
         return score
 
-    def policy_stats():
-        """The min-max statistics the policy uses (its buffers: on resume, the checkpoint's, not the file's)."""
-        return {k: getattr(policy, k).tolist() for k in ("q_min", "q_max", "a_min", "a_max")}
-
     # --- NaN guard: the first step with a non-finite loss or gradient, kept on the device (no sync per step), read
     # at log, eval and checkpoint steps; a checkpoint is written only if it is clean and the weights give a finite loss
-    run = dict(bad=torch.zeros((), dtype=torch.long, device=device))
+    bad = torch.zeros((), dtype=torch.long, device=device)   # 0, or the first bad step + 1
     folder = RunFolder(out, args.resume, step)
 
     def stop(what, at):
@@ -313,8 +309,8 @@ def main():
         die(f"{what} at step {at}: training stopped; {kept}, or check the data", code=3)
 
     def guard(at, row=None):   # one host sync
-        if int(run["bad"]):
-            stop("loss is not finite (nan or inf)", int(run["bad"]))
+        if int(bad):
+            stop("loss is not finite (nan or inf)", int(bad))
         if row and not all(math.isfinite(v) for k, v in row.items() if "loss" in k):
             stop(f"loss is not finite on validation ({row})", at)
 
@@ -326,14 +322,14 @@ def main():
         if not master:
             return
         state = dict(model=policy.trainable_state_dict(), optimizer=opt.state_dict(), config=vars(args),
-                     model_config=asdict(cfg), stats=policy_stats(), step=it,
+                     model_config=asdict(cfg), stats=policy.get_stats(), step=it,
                      rng=dict(torch=torch.get_rng_state(),
                               **({"cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {})))
         folder.save(state, it)   # atomic; a new run's folder takes out's place at its first checkpoint
 
     if master:   # every check has passed: only now is anything written (runfolder.py: nothing lost or half-written)
         if not args.resume:
-            folder.start(dict(args=vars(args), model=asdict(cfg), stats=policy_stats()))
+            folder.start(dict(args=vars(args), model=asdict(cfg), stats=policy.get_stats()))
         n_train = sum(p.numel() for p in params)
         print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} "
               f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, frozen), {n_train / 1e6:.2f}M trainable, "
@@ -362,7 +358,7 @@ def main():
             finite &= torch.isfinite(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         finite &= torch.isfinite(grad_norm)   # the same on every DDP rank: gradients are all-reduced
-        run["bad"] = torch.where((run["bad"] == 0) & ~finite, it + 1, run["bad"])   # on the device: no sync
+        bad = torch.where((bad == 0) & ~finite, it + 1, bad)   # on the device: no sync
         if (it + 1) % args.log_every == 0:
             guard(it + 1)
         opt.step()
