@@ -195,7 +195,8 @@ def sweep(args, tmp):
     """Everything the command computes, written into folder tmp. Returns the scores.json dict."""
     from backbone import BACKBONES, Backbone
     from data import open_dataset
-    from model import Policy, PolicyConfig, load_checkpoint
+    from model import Policy, PolicyConfig
+    from runfolder import load_checkpoint
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfgs = [load_checkpoint(c)["model_config"] for c in args.ckpt]
     for path, cfg in zip(args.ckpt, cfgs):

@@ -7,6 +7,7 @@ The RS-CL policy, GR00T-N1.5 style, in one file:
     h --> DiT action decoder D_theta --> velocity of the action chunk (flow matching)
     w --> projector g_psi (2-layer MLP) --> z (B, 128)            (RS-CL only, see loss.py)
     h at the image tokens --> frozen random P --> cos to a frozen teacher   (--align only, see align.py)
+    feats from a trainable copy of the vision encoder, or both side by side   (--train-vision, --dual-encoder: vision.py)
 
 Flow-time convention, stated once (GR00T's): tau = 0 is noise, tau = 1 is data,
     x_tau = (1 - tau) * eps + tau * A,   target velocity v = A - eps,
@@ -25,6 +26,8 @@ from align import projector, view_tokens
 from attention import MLP, Attention, Block, merge_zeroed
 from backbone import Backbone, BACKBONES
 from loss import align_loss, cutoff_mask, rscl_diagnostics, rscl_loss, soft_weights
+from runfolder import load_checkpoint
+from vision import TrainableVision
 
 # -----------------------------------------------------------------------------
 # configuration: the model's shape in one dataclass, named sizes in a plain dict
@@ -67,6 +70,7 @@ class PolicyConfig:
     align_dim: int = 0               # --align: the teacher's width D_t (0: no alignment projector)
     align_hidden: int = 512          # the frozen projector P's hidden width (paper: 2048)
     align_seed: int = 0              # P's weights are drawn from this fixed seed (and saved in the checkpoint)
+    vision: str = "frozen"           # frozen | train (--train-vision) | dual (--dual-encoder): see vision.py
 
 
 def make_config(**kw):
@@ -230,6 +234,11 @@ class Policy(nn.Module):
         self.adapter = Adapter(self.backbone.dim, D, cfg.adapter_layers, cfg.adapter_heads, cfg.adapter_dropout, n_pos)
         self.projector = nn.Sequential(nn.Linear(D, cfg.proj_hidden), nn.GELU(), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
         self.dit = DiT(cfg, cond_dim=D)
+        if cfg.vision not in ("frozen", "train", "dual"):
+            raise ValueError(f"unknown vision mode '{cfg.vision}': choose frozen, train or dual")
+        # --train-vision / --dual-encoder: E', a trainable copy of the vision encoder (pretrained weights, saved with
+        # the policy's); the backbone itself stays frozen
+        self.vision = TrainableVision(self.backbone, dual=cfg.vision == "dual") if cfg.vision != "frozen" else None
         # --align: P, frozen (requires_grad False: not in the optimizer) but a submodule, so it is saved and restored;
         # made without drawing from the run's RNG stream (its weights: init_weights, from cfg.align_seed)
         with torch.random.fork_rng(devices=[]):
@@ -244,7 +253,7 @@ class Policy(nn.Module):
     def init_weights(self):
         """Every init decision of the trainable parts, in one place (never touches the backbone)."""
         for name, m in self.named_modules():
-            if name.startswith(("backbone", "align_proj")):
+            if name.startswith(("backbone", "align_proj", "vision.encoder")):   # frozen, seeded, or pretrained
                 continue
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -259,6 +268,10 @@ class Policy(nn.Module):
             nn.init.zeros_(block.ada[-1].weight); nn.init.zeros_(block.ada[-1].bias)
         nn.init.zeros_(self.dit.ada_out[-1].weight); nn.init.zeros_(self.dit.ada_out[-1].bias)
         nn.init.zeros_(self.dit.head.weight); nn.init.zeros_(self.dit.head.bias)
+        if self.vision is not None and self.vision.fuse is not None:   # --dual-encoder: W = [I/2, I/2], b = 0, so
+            nn.init.zeros_(self.vision.fuse.bias)                     # W [f ; f'] = f while E' equals E (step 0)
+            with torch.no_grad():
+                self.vision.fuse.weight.copy_(torch.eye(self.backbone.dim).repeat(1, 2) / 2)   # (D, 2D)
         # the frozen random projector P: PyTorch's default init under its own seed, so it is the same P whatever the
         # run's seed and the global RNG stream is left untouched (an align run draws the same noise as the baseline)
         if self.align_proj is not None:
@@ -299,14 +312,17 @@ class Policy(nn.Module):
 
     # --- the training objective ---
     def forward(self, feats, mask, views, q, A, rscl="none", cutoff_kind="view", beta=1.0, tau=0.2, beta_scale="none",
-                rscl_on="u", teacher=None):
+                rscl_on="u", teacher=None, pixels=None):
         """feats (B, N, D) backbone features, mask (B, N), views (B, V, 2) token slice of each view,
         q (B, 10) and A (B, H, a) normalised to [-1, 1].
         rscl: 'none' (baseline), 'proprio' (RS-CL), 'infonce' (identity targets), 'action' (next-action weights).
         rscl_on: 'u' (the paper: the summarization token's output w) or 'pooled-h' (the mean of h over real
         tokens, the representation CKNNA measures). teacher (B, V*n, D_t): a frozen teacher's features at the n image
-        tokens of each view (align.teacher_targets), or None (no alignment).
+        tokens of each view (align.teacher_targets), or None (no alignment). pixels: (images, instructions), which
+        the trainable vision encoder reads (--train-vision, --dual-encoder: feats are then computed here).
         Returns a dict of scalars: loss_fm, loss_rscl and its diagnostics, loss_align and align_cos."""
+        if self.vision is not None:                                      # E' runs inside forward (DDP sees it)
+            feats, mask, views = self.vision(self.backbone, *pixels, frozen=(feats, mask, views))
         h, w = self.adapter(feats, mask)                                 # (B, N, D), (B, D)
         # --- flow matching (tau = 0 noise, tau = 1 data) ---
         B = A.shape[0]
@@ -345,6 +361,8 @@ class Policy(nn.Module):
     def encode(self, images, instructions):
         """images (B, V, H, W, 3) uint8, instructions list[str] -> dict(feats, mask, views, h, w, z)."""
         feats, mask, views = self.backbone(images, instructions)
+        if self.vision is not None:
+            feats, mask, views = self.vision(self.backbone, images, instructions, frozen=(feats, mask, views))
         h, w = self.adapter(feats, mask)
         return dict(feats=feats, mask=mask, views=views, h=h, w=w, z=self.projector(w))
 
@@ -382,18 +400,4 @@ class Policy(nn.Module):
                              f"unexpected {extra[:3]}, shape mismatch {bad[:3]}): use the same --backbone/--size/--cameras")
         result = self.load_state_dict(state, strict=False)
         assert all(k.startswith("backbone.") for k in result.missing_keys)   # only the backbone is absent
-
-
-def load_checkpoint(path):
-    """torch.load with one clear error for a missing, truncated or foreign file."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint {path} does not exist: give the path of a ckpt.pt written by train.py")
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is truncated or not a "
-                         f"train.py checkpoint; use the run folder's ckpt.pt")
-    if not isinstance(ckpt, dict) or not {"model", "model_config"} <= set(ckpt):
-        raise ValueError(f"checkpoint {path} has no 'model'/'model_config': it was not written by train.py")
-    return ckpt
 

@@ -6,6 +6,7 @@ checkpoint; a start that fails, is stopped (Ctrl-C, `kill`) or hits a NaN before
 --overwrite the old NAME is moved into the new folder at that moment, then deleted, so no name of the user's
 (NAME.old, NAME.new) is ever touched. Checkpoints are written to a temporary name and renamed (atomic).
 A resumed run writes into NAME itself. swap_in does the same for evaluate.py's and cknna.py's output folders.
+load_checkpoint reads a checkpoint back, with one clear line for a missing, truncated or foreign file.
 """
 import atexit
 import json
@@ -53,3 +54,18 @@ class RunFolder:
     def discard(self):   # a new run that stops before its first checkpoint leaves nothing
         if not self.saved:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def load_checkpoint(path):
+    """torch.load with one clear error for a missing, truncated or foreign file."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {path} does not exist: give the path of a ckpt.pt written by train.py")
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is truncated or not a "
+                         f"train.py checkpoint; use the run folder's ckpt.pt")
+    if not isinstance(ckpt, dict) or not {"model", "model_config"} <= set(ckpt):
+        raise ValueError(f"checkpoint {path} has no 'model'/'model_config': it was not written by train.py")
+    return ckpt
+

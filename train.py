@@ -4,6 +4,7 @@ Train the RS-CL policy: flow matching on action chunks, plus lambda * RS-CL with
     python train.py --rscl                                   # tiny backbone, CPU, data/demos.hdf5
     python train.py --backbone qwen2.5-vl-3b --rscl          # one GPU, the paper's sizes
     python train.py --rscl --align --teacher dinov2-s       # + alignment to a frozen teacher (align.py)
+    python train.py --rscl --dual-encoder                   # + a trainable copy of the vision encoder (vision.py)
     torchrun --nproc_per_node 8 train.py --backbone qwen2.5-vl-3b --rscl   # several GPUs
 
 A plain nanoGPT-shaped loop: bf16 autocast on CUDA (and on CPUs with native bf16 matmuls), AdamW (GR00T's hyper-parameters, no decay on
@@ -30,8 +31,8 @@ from data import Batches, DataError, open_like
 from features import build_cache
 from layouts import FLIPS, LAYOUTS, ORIENTATIONS, run_layout
 from loss import rscl_lambda
-from model import SIZES, Policy, make_config, load_checkpoint
-from runfolder import RunFolder
+from model import SIZES, Policy, make_config
+from runfolder import RunFolder, load_checkpoint
 
 
 def die(msg, code=2):   # bad input: one clear line on stderr, a non-zero exit, nothing overwritten
@@ -66,6 +67,9 @@ p.add_argument("--align", action="store_true", help="align h at the image tokens
                                                       "features through a frozen random MLP (Don't Blind Your VLA)")
 p.add_argument("--align-weight", type=float, default=None, help="weight of the align loss (default with --align: 0.2)")
 p.add_argument("--teacher", default="", help=f"--align's teacher, one of {', '.join(BACKBONES)} (default: --backbone)")
+p.add_argument("--train-vision", action="store_true", help="fine-tune a copy of the vision encoder; it replaces the frozen one")
+p.add_argument("--dual-encoder", action="store_true", help="frozen + trainable copy of the vision encoder, fused per token")
+p.add_argument("--vision-lr", type=float, default=None, help="peak lr of the trainable encoder (default: --lr / 10)")
 p.add_argument("--data", default="data/demos.hdf5")
 p.add_argument("--layout", default="", help=f"the data's layout, one of {', '.join(LAYOUTS)} (default: robomimic for "
                                             f"an HDF5 file, lerobot for a LeRobot dataset folder); see layouts.py")
@@ -109,7 +113,7 @@ args = p.parse_args()
 args.size = args.size or ("tiny" if args.backbone in ("tiny", "dinov2-s") else "paper")   # CPU backbones: tiny
 # what --resume may change (how a run is executed and logged; --lr: the way back from a NaN); all else must match
 RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt_every", "cknna_every", "stop_after",
-             "compile", "cache_features", "cache_dir", "backbone_path", "out", "resume", "overwrite", "lr"}
+             "compile", "cache_features", "cache_dir", "backbone_path", "out", "resume", "overwrite", "lr", "vision_lr"}
 
 
 def check_args(a):
@@ -142,6 +146,15 @@ def check_args(a):
             die(f"--align-weight must be in [0, 1e+30] (got {a.align_weight})")
         if a.teacher not in BACKBONES:
             die(f"unknown --teacher '{a.teacher}': choose one of {', '.join(BACKBONES)}")
+    if a.train_vision and a.dual_encoder:
+        die("pass --train-vision (the copy replaces the frozen encoder) or --dual-encoder (both), not both")
+    if a.vision_lr is not None and not (a.train_vision or a.dual_encoder) or not 0 <= (a.vision_lr or 0) <= 1e30:
+        die(f"--vision-lr {a.vision_lr}: give a value >= 0 together with --train-vision or --dual-encoder")
+    if a.train_vision or a.dual_encoder:   # the default, resolved: the config says the lr used
+        a.vision_lr = a.lr / 10 if a.vision_lr is None else a.vision_lr
+    if a.cache_features and (a.train_vision or a.dual_encoder):
+        die(f"--cache-features cannot be used with --{'train-vision' if a.train_vision else 'dual-encoder'}: the "
+            f"trainable encoder's features change at every step; drop --cache-features")
     if a.resume and a.overwrite:
         die("pass --resume (continue the run) or --overwrite (replace it), not both")
     vars(a).update(run_layout(vars(a)))   # the layout's '' resolved: the config says how the data is read
@@ -162,7 +175,8 @@ def main():
         die("--rscl needs --batch-size >= 2: the contrastive loss compares samples within a batch")
     if args.size not in SIZES:
         die(f"unknown size '{args.size}': choose one of {', '.join(SIZES)}")
-    out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}{'-align' * args.align}")
+    out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}{'-align' * args.align}"
+                                        f"{'-vision' * args.train_vision}{'-dual' * args.dual_encoder}")
     ckpt_path = os.path.join(out, "ckpt.pt")
     if args.overwrite and os.path.isdir(out) and os.listdir(out) and not {"ckpt.pt", "config.json"} & set(os.listdir(out)):
         die(f"--overwrite would delete {out}, which is not a run folder (no ckpt.pt or config.json in it): choose another --out")
@@ -205,7 +219,8 @@ def main():
         cfg = make_config(backbone=args.backbone, backbone_path=args.backbone_path, layer=args.layer, size=args.size,
                           token_pool=args.token_pool, adapter_dropout=args.adapter_dropout, adapter_pos=args.adapter_pos,
                           cameras=train_ds.cameras, image_size=int(train_ds.image_shape[0]), action_dim=train_ds.action_dim,
-                          horizon=args.horizon, state_dim=train_ds.q[0].shape[1], align_dim=teacher.dim if teacher else 0)
+                          horizon=args.horizon, state_dim=train_ds.q[0].shape[1], align_dim=teacher.dim if teacher else 0,
+                          vision="train" if args.train_vision else "dual" if args.dual_encoder else "frozen")
         policy = Policy(cfg, backbone=backbone, device=device)
     except (WeightsNotFound, ValueError) as e:
         die(str(e))
@@ -231,10 +246,15 @@ def main():
     if args.compile:
         model = torch.compile(model)
 
-    # --- optimizer: only trainable parameters; no decay on biases and norms (1-D tensors) ---
+    # --- optimizer: only trainable parameters; no decay on biases and norms (1-D tensors); E' at its own peak lr ---
+    def param_groups(ps, lr_scale):
+        return [dict(params=[p for p in ps if p.dim() >= 2], weight_decay=args.weight_decay, lr_scale=lr_scale),
+                dict(params=[p for p in ps if p.dim() < 2], weight_decay=0.0, lr_scale=lr_scale)]
     params = [p for p in policy.parameters() if p.requires_grad]
-    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=args.weight_decay),
-              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    mine = {id(p) for p in policy.vision.encoder.parameters()} if policy.vision else set()
+    groups = param_groups([p for p in params if id(p) not in mine], 1.0)
+    if mine:   # --vision-lr (default --lr / 10), on the same schedule
+        groups += param_groups([p for p in params if id(p) in mine], args.vision_lr / args.lr)
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.95, 0.999), eps=1e-8, fused=device.startswith("cuda"))
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
@@ -256,12 +276,15 @@ def main():
         if "feats" in b:
             feats, mask, views = (b[k].to(device, non_blocking=True) for k in ("feats", "mask", "views"))
             feats = feats.to(torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        elif args.train_vision and teacher is not backbone:   # E' replaces the frozen features: skip E
+            feats, mask, views = None, None, None
         else:
             feats, mask, views = policy.backbone(b["images"], b["instructions"])
         q = policy.normalize(b["q"].to(device, non_blocking=True), "q")
         A = policy.normalize(b["A"].to(device, non_blocking=True), "a")
         t = batch_targets(b, feats, views, backbone, teacher, cfg.image_size)   # --align: (B, V*n, D_t), else None
-        return feats, mask, views, q, A, t
+        pixels = (b["images"], b["instructions"]) if policy.vision else None    # what E' reads
+        return feats, mask, views, q, A, t, pixels
 
     def loader(source, seed, first, n, augment_images=False, workers=0):
         ds = source.ds if hasattr(source, "ds") else source          # a FeatureCache keeps the DemoDataset's order
@@ -272,10 +295,10 @@ def main():
                                            generator=torch.Generator().manual_seed(seed))  # not the global RNG
 
     def losses(m, batch):
-        *batch, t = batch
+        *batch, t, pixels = batch
         with autocast:
-            return m(*batch, rscl=args.rscl_target if args.rscl else "none", cutoff_kind=args.cutoff,
-                     beta=args.beta, tau=args.tau, beta_scale=args.beta_scale, rscl_on=args.rscl_on, teacher=t)
+            return m(*batch, rscl=args.rscl_target if args.rscl else "none", cutoff_kind=args.cutoff, beta=args.beta,
+                     tau=args.tau, beta_scale=args.beta_scale, rscl_on=args.rscl_on, teacher=t, pixels=pixels)
 
     @torch.no_grad()
     def evaluate(n_batches=args.eval_iters):
@@ -332,7 +355,7 @@ def main():
             folder.start(dict(args=vars(args), model=asdict(cfg), stats=policy.get_stats()))
         n_train = sum(p.numel() for p in params)
         print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} "
-              f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, frozen), {n_train / 1e6:.2f}M trainable, "
+              f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, {cfg.vision}), {n_train / 1e6:.2f}M trainable, "
               f"device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}"
               f"{f', align to {args.teacher} (weight {args.align_weight:g})' if args.align else ''}")
     log = open(os.path.join(folder.dir, "log.jsonl"), "a" if args.resume else "w") if master else None
@@ -346,7 +369,7 @@ def main():
     for it in bar:
         lr = get_lr(it)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)   # a checkpoint from before --vision-lr: 1
         lam = rscl_lambda(it, args.max_iters, args.lambda_floor) if args.rscl else 0.0
         finite = torch.ones((), dtype=torch.bool, device=device)
         for micro in range(args.grad_accum):
