@@ -11,7 +11,9 @@ and the model's adapter dropout.
 
 Cases: the training step with the backbone run live, for the baseline and for --rscl, and the same
 two from cached features (features.py: the backbone is not run, its 16-bit features are read and
-moved to the device). Each case runs in a fresh process, so peak memory is its own. Timing excludes
+moved to the device); and the baseline with a trainable copy of the vision encoder, alone (--train-vision)
+or beside the frozen one (--dual-encoder), which train live (vision.py). The step runs in train.py's
+precision: bf16 autocast on CUDA and on CPUs with native bf16 matmuls (backbone.cpu_bf16), else float32. Each case runs in a fresh process, so peak memory is its own. Timing excludes
 warm-up and synchronises the device. FLOPs are counted by torch's FlopCounterMode on one step
 (matmuls and attention, forward and backward), not estimated. One JSON line per case, then a summary:
 the RS-CL / baseline step-time ratio and the cache / live speed-up. Also the latency of predicting one
@@ -35,7 +37,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from backbone import BACKBONES, Backbone
+from backbone import BACKBONES, Backbone, cpu_bf16
 from bench_cknna import bench_cknna
 from model import SIZES, Policy, PolicyConfig, make_config
 
@@ -69,7 +71,7 @@ for k, v in (MAIN_SH if args.backbone is None else OTHERS).items():
     if getattr(args, k) is None:
         setattr(args, k, v)
 
-CASES = ["baseline", "rscl", "baseline-cached", "rscl-cached", "paired-cached", "predict"]
+CASES = ["baseline", "rscl", "baseline-cached", "rscl-cached", "paired-cached", "predict", "vision-train", "vision-dual"]
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}   # dense bf16, per GPU
 
 
@@ -90,9 +92,10 @@ def machine():
             f"with {torch.get_num_threads()} threads")
 
 
-def make_case_config():
+def make_case_config(vision="frozen"):
     return make_config(backbone=args.backbone, size=args.size, cameras=[f"cam{v}" for v in range(args.views)],
-                       image_size=args.image_size, token_pool=args.token_pool, adapter_dropout=args.adapter_dropout)
+                       image_size=args.image_size, token_pool=args.token_pool, adapter_dropout=args.adapter_dropout,
+                       vision=vision)
 
 
 def sync(device):
@@ -104,11 +107,13 @@ def run_case(case, device):
     torch.manual_seed(0)
     weights = "random" if args.random_init else True
     backbone = Backbone(args.backbone, args.backbone_path, device=device, weights=weights, pool=args.token_pool)
-    cfg = make_case_config()
+    vision = case[len("vision-"):] if case.startswith("vision-") else "frozen"   # train | dual: E' trains live
+    cfg = make_case_config(vision)
     policy = Policy(cfg, backbone=backbone, device=device)
     model = torch.compile(policy) if args.compile else policy
     B, cuda = args.batch_size, device.startswith("cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    bf16 = cuda or cpu_bf16()   # train.py's autocast
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (B, args.views, args.image_size, args.image_size, 3), dtype=np.uint8)
     instructions = ["pick up the red can and place it in the bin"] * B
@@ -128,10 +133,13 @@ def run_case(case, device):
         if cached:
             feats, mask, views = (t.to(device, non_blocking=True) for t in host)
             feats = feats.to(torch.bfloat16 if cuda else torch.float32)
+        elif vision == "train":   # E' replaces E: train.py skips the frozen pass
+            feats, mask, views = None, None, None
         else:
             feats, mask, views = backbone(images, instructions)
         with autocast:
-            out = model(feats, mask, views, q, A, rscl="proprio" if rscl else "none")
+            out = model(feats, mask, views, q, A, rscl="proprio" if rscl else "none",
+                        pixels=(images, instructions) if vision != "frozen" else None)
             loss = out["loss_fm"] + out.get("loss_rscl", 0.0)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -263,7 +271,8 @@ def main():
         return
     header = dict(device=device_name(device), torch=torch.__version__, backbone=args.backbone, size=args.size,
                   batch_size=args.batch_size, image_size=args.image_size, views=args.views, token_pool=args.token_pool,
-                  adapter_dropout=args.adapter_dropout, random_init=args.random_init, compile=args.compile)
+                  adapter_dropout=args.adapter_dropout, random_init=args.random_init, compile=args.compile,
+                  precision="bf16 autocast" if device.startswith("cuda") or cpu_bf16() else "float32")
     print(json.dumps(header))
     results = {}
     for case in CASES:
@@ -281,7 +290,9 @@ def main():
                           rscl_over_baseline_flops_live=flop["rscl"] / flop["baseline"],
                           rscl_over_baseline_flops_cached=flop["rscl-cached"] / flop["baseline-cached"],
                           cache_speedup_baseline=ms["baseline"] / ms["baseline-cached"],
-                          cache_speedup_rscl=ms["rscl"] / ms["rscl-cached"])))
+                          cache_speedup_rscl=ms["rscl"] / ms["rscl-cached"],
+                          train_vision_over_baseline_live=results["vision-train"]["step_ms"] / ms["baseline"],
+                          dual_encoder_over_baseline_live=results["vision-dual"]["step_ms"] / ms["baseline"])))
 
 
 if __name__ == "__main__":

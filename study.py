@@ -40,12 +40,18 @@ VARIANTS = {
     "span": ["--rscl", "--cutoff", "span"],
     "align": ["--align"],                                           # Don't Blind Your VLA: teacher = the backbone, weight 0.2
     "rscl-align": ["--rscl", "--align"],
+    "train-vision": ["--train-vision"],                             # the encoder fine-tuned (its copy), lr / 10
+    "dual": ["--dual-encoder"],                                     # frozen + trainable encoder, fused per token
+    "rscl-dual": ["--rscl", "--dual-encoder"],
 }
+LIVE = ("--train-vision", "--dual-encoder")   # a trainable encoder: no feature cache (train.py refuses it)
 PRESETS = {
     "main": dict(variants=["rscl", "baseline"], episodes=50, unseen=20),
     "core": dict(variants=["baseline", "rscl", "rscl-sharp"], episodes=50, unseen=50),
     "paper-ablations": dict(variants=["baseline", "rscl", "rscl-sharp", "infonce", "action", "token", "span",
                                       "rscl-beta0.3", "rscl-floor", "rscl-pooled-h"], episodes=50, unseen=50),
+    # the related methods on the same policy (issue: align and the dual encoder); their claim is about unseen looks
+    "related": dict(variants=["baseline", "rscl", "align", "dual", "rscl-align"], episodes=50, unseen=50),
 }
 # the paper's claims, each "A beats B" on a metric (success on seen looks, or CKNNA(h, q))
 CLAIMS = [("RS-CL aligns h with q (CKNNA)", "rscl", "baseline", "cknna_h"),
@@ -57,7 +63,9 @@ CLAIMS = [("RS-CL aligns h with q (CKNNA)", "rscl", "baseline", "cknna_h"),
           ("view cutoff beats token cutoff", "rscl", "token", "seen"),
           ("view cutoff beats span cutoff", "rscl", "span", "seen"),
           ("sharper targets beat the paper's", "rscl-sharp", "rscl", "seen"),
-          ("sharper targets align h with q more", "rscl-sharp", "rscl", "cknna_h")]
+          ("sharper targets align h with q more", "rscl-sharp", "rscl", "cknna_h"),
+          ("alignment to a teacher helps on unseen looks", "align", "baseline", "unseen"),   # the related methods'
+          ("the dual encoder helps on unseen looks", "dual", "baseline", "unseen")]         # own claims
 
 
 def die(msg):
@@ -85,7 +93,8 @@ def call(cmd, dry):
 def run_one(a, variant, seed, folder):
     """The commands of one run, each only if its result is missing. Returns None, or what failed."""
     py, ckpt = sys.executable, os.path.join(folder, "ckpt.pt")
-    train = [py, "train.py", *RECIPE, *VARIANTS[variant], "--data", a.data, "--max-iters", str(a.iters),
+    recipe = [f for f in RECIPE if f != "--cache-features" or not set(LIVE) & set(VARIANTS[variant])]
+    train = [py, "train.py", *recipe, *VARIANTS[variant], "--data", a.data, "--max-iters", str(a.iters),
              "--seed", str(seed), "--out", folder, "--cache-dir", a.cache_dir, *a.train_args]
     done = step_of(ckpt)
     if done < a.iters:

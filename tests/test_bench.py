@@ -29,3 +29,9 @@ def test_flop_count_and_bad_flags():
     assert out["rscl_over_baseline_cached"] == out["rscl_policy_tflop_per_sample"] / out["baseline_policy_tflop_per_sample"]
     r = subprocess.run([sys.executable, "bench.py", "--token-pool", "0"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.strip().startswith("error: --token-pool") and "Traceback" not in r.stderr
+
+
+def test_trainable_encoder_cases_time_a_step():
+    for case in ("vision-train", "vision-dual"):   # a trainable copy of the encoder, trained live (vision.py)
+        (r,) = run(*TINY, "--case", case)
+        assert r["case"] == case and r["step_ms"] > 0 and r["tflop_per_sample"] > 0
