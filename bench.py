@@ -71,7 +71,8 @@ for k, v in (MAIN_SH if args.backbone is None else OTHERS).items():
     if getattr(args, k) is None:
         setattr(args, k, v)
 
-CASES = ["baseline", "rscl", "baseline-cached", "rscl-cached", "paired-cached", "predict", "vision-train", "vision-dual"]
+CASES = ["baseline", "rscl", "baseline-cached", "rscl-cached", "paired-cached", "attention-cached", "predict",
+         "vision-train", "vision-dual"]
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}   # dense bf16, per GPU
 
 
@@ -148,7 +149,16 @@ def run_case(case, device):
 
     policy.train()
     if case == "paired-cached":
-        return paired(step, device)
+        return paired(case, dict(baseline=lambda: step(False), rscl=lambda: step(True)), device)
+    if case == "attention-cached":   # the CPU baseline step: attention written out (its path here) vs through SDPA
+        import attention
+        def sdpa_step():
+            math_attention, attention.math_attention = attention.math_attention, attention.sdpa
+            try:
+                step(False)
+            finally:
+                attention.math_attention = math_attention
+        return paired(case, dict(math=lambda: step(False), sdpa=sdpa_step), device)
     for _ in range(args.warmup):
         step()
     from torch.utils.flop_counter import FlopCounterMode
@@ -169,22 +179,22 @@ def run_case(case, device):
                 achieved_tflops=tflops, mfu=tflops / peak if peak else None, peak_mem_gb=peak_memory(device))
 
 
-def paired(step, device):
-    """Baseline and RS-CL steps alternating in one process, each timed alone: the ratio of the medians
-    moves less with other jobs' load on a shared machine than the ratio of two separate runs."""
-    times = {"baseline": [], "rscl": []}
+def paired(case, steps, device):
+    """Two kinds of step alternating in one process, each timed alone: the ratio of the medians moves less with
+    other jobs' load on a shared machine than the ratio of two separate runs. steps: {name: step()}, two of them."""
+    times = {k: [] for k in steps}
     for _ in range(args.warmup):
-        step(False), step(True)
+        for fn in steps.values():
+            fn()
     for _ in range(args.iters):
-        for kind in times:
+        for kind, fn in steps.items():
             sync(device)
             t0 = time.perf_counter()
-            step(kind == "rscl")
+            fn()
             sync(device)
             times[kind].append(time.perf_counter() - t0)
-    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-    return dict(case="paired-cached", baseline_step_ms=ms["baseline"], rscl_step_ms=ms["rscl"],
-                rscl_over_baseline=ms["rscl"] / ms["baseline"], steps_each=args.iters)
+    (a, ma), (b, mb) = ((k, 1e3 * statistics.median(v)) for k, v in times.items())
+    return {"case": case, f"{a}_step_ms": ma, f"{b}_step_ms": mb, f"{b}_over_{a}": mb / ma, "steps_each": args.iters}
 
 
 @torch.no_grad()
@@ -291,6 +301,7 @@ def main():
                           rscl_over_baseline_flops_cached=flop["rscl-cached"] / flop["baseline-cached"],
                           cache_speedup_baseline=ms["baseline"] / ms["baseline-cached"],
                           cache_speedup_rscl=ms["rscl"] / ms["rscl-cached"],
+                          sdpa_over_math_attention_cached=results["attention-cached"]["sdpa_over_math"],
                           train_vision_over_baseline_live=results["vision-train"]["step_ms"] / ms["baseline"],
                           dual_encoder_over_baseline_live=results["vision-dual"]["step_ms"] / ms["baseline"])))
 

@@ -35,3 +35,9 @@ def test_trainable_encoder_cases_time_a_step():
     for case in ("vision-train", "vision-dual"):   # a trainable copy of the encoder, trained live (vision.py)
         (r,) = run(*TINY, "--case", case)
         assert r["case"] == case and r["step_ms"] > 0 and r["tflop_per_sample"] > 0
+
+
+def test_attention_case_pairs_the_written_out_attention_with_sdpa():
+    (r,) = run(*TINY, "--case", "attention-cached")
+    assert r["math_step_ms"] > 0 and r["sdpa_step_ms"] > 0
+    assert abs(r["sdpa_over_math"] - r["sdpa_step_ms"] / r["math_step_ms"]) < 1e-9

@@ -232,6 +232,21 @@ def test_merge_zeroed_keeps_one_zero_token_per_sample():
     assert torch.allclose(bias, torch.tensor([[0, 0, 0, inf, math.log(2)], [0, 0, 0, math.log(3), inf]]))
 
 
+def test_math_attention_is_sdpa_for_every_mask_kind():
+    # the CPU path (attention.math_attention) against torch's SDPA: no mask, a bool mask, merge_zeroed's float bias
+    from attention import math_attention
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, T, 8, dtype=torch.float64, requires_grad=True) for T in (5, 7, 7))
+    bool_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [0, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)[:, None, None]
+    bias = torch.tensor([[0, 0, math.log(3), -math.inf, 0, 0, 0]] * 3, dtype=torch.float64)[:, None, None]
+    for mask in (None, bool_mask, bias):
+        ours, ref = math_attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        assert torch.allclose(ours, ref, atol=1e-12), mask
+        g_ours = torch.autograd.grad(ours.square().sum(), (q, k, v))
+        g_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
+        assert all(torch.allclose(a, b_, atol=1e-12) for a, b_ in zip(g_ours, g_ref))
+
+
 @pytest.mark.parametrize("rscl, cut, dropout, train", [("proprio", "view", 0.0, True), ("action", "token", 0.0, True),
                                                         ("infonce", "span", 0.2, False)])
 def test_rscl_losses_equal_the_two_pass_code(synthetic, rscl, cut, dropout, train):
