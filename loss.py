@@ -21,11 +21,15 @@ import torch.nn.functional as F
 def rscl_loss(z, z_tilde, q, beta=1.0, tau=0.2, scale="none"):
     """z, z_tilde (B, d) embeddings of the clean and cut-off views; q (B, k) the robot state that
     sets the soft targets (None = identity targets, i.e. plain InfoNCE) -> scalar loss."""
-    B = z.shape[0]
-    W = soft_weights(q, beta, B, z.device, scale).to(z.dtype)               # (B, B), rows sum to 1
+    return soft_infonce(z, z_tilde, soft_weights(q, beta, z.shape[0], z.device, scale), tau)
+
+
+def soft_infonce(z, z_tilde, W, tau=0.2):
+    """rscl_loss with its soft targets W (B, B) given (rows sum to 1): the policy computes W once for the loss
+    and its diagnostics."""
     sim = F.normalize(z, dim=-1) @ F.normalize(z_tilde, dim=-1).T          # (B, B) cos(z_i, z_tilde_j)
     log_p = F.log_softmax(sim / tau, dim=-1)                                # (B, B) over candidates j
-    return -(W * log_p).sum(dim=-1).mean()
+    return -(W.to(z.dtype) * log_p).sum(dim=-1).mean()
 
 
 def soft_weights(q, beta, B=None, device=None, scale="none"):

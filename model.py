@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from align import projector, view_tokens
 from attention import MLP, Attention, Block, merge_zeroed
 from backbone import Backbone, BACKBONES
-from loss import align_loss, cutoff_mask, rscl_diagnostics, rscl_loss, soft_weights
+from loss import align_loss, cutoff_mask, rscl_diagnostics, soft_infonce, soft_weights
 from runfolder import load_checkpoint
 from vision import TrainableVision
 
@@ -349,10 +349,10 @@ class Policy(nn.Module):
             w, w_tilde = masked_mean(h, mask), masked_mean(h_tilde, mask)   # (B, D) each
         else:                                                            # on u: only u's output is needed
             w_tilde = self.adapter.summary(feats, mask, drop)            # (B, D)
-        z, z_tilde = self.projector(w), self.projector(w_tilde)          # (B, 128) each
+        z, z_tilde = self.projector(torch.cat([w, w_tilde])).chunk(2)   # (B, 128) each, one call
         target = {"proprio": q, "action": A[:, 0], "infonce": None}[rscl]   # A[:, 0]: the next action
-        out["loss_rscl"] = rscl_loss(z.float(), z_tilde.float(), target, beta=beta, tau=tau, scale=beta_scale)
-        W = soft_weights(target, beta, B, z.device, beta_scale)
+        W = soft_weights(target, beta, B, z.device, beta_scale)          # (B, B): loss.rscl_loss, W computed once
+        out["loss_rscl"] = soft_infonce(z.float(), z_tilde.float(), W, tau)
         out.update(rscl_diagnostics(z, z_tilde, W, out["loss_rscl"]))
         return out
 
