@@ -62,7 +62,7 @@ p.add_argument("--device", default="auto")
 p.add_argument("--compile", action="store_true")
 p.add_argument("--flops-only", action="store_true",
                help="count FLOPs per sample without timing: backbone forward on the CPU (random weights), "
-                    "adapter + DiT on the meta device; for machines without the GPU the size needs")
+                    "adapter + DiT on the meta device (the CPU at size tiny); for machines without the GPU the size needs")
 p.add_argument("--cknna", action="store_true", help="time and memory of cknna.py against a dense N^3 CKNNA")
 p.add_argument("--cknna-sizes", type=int, nargs="+", default=CKNNA_SIZES, help="N values for --cknna")
 p.add_argument("--case", default="", help=argparse.SUPPRESS)   # internal: run one case in this process
@@ -216,7 +216,8 @@ def predict_latency(policy, images, q, instructions, device):
 def count_flops():
     """FLOPs per sample of one training step, by torch's counter: the frozen backbone's forward
     (run once on the CPU with random weights, batch 1) and the policy's forward + backward for the
-    baseline and for RS-CL (on the meta device: shapes only, no memory, no time)."""
+    baseline and for RS-CL (on the meta device: shapes only, no memory, no time; at size tiny on the CPU, where it is
+    cheap and RS-CL's second pass has its real, merged length: on meta it is counted unmerged, an upper bound)."""
     import torch.nn as nn
     from torch.utils.flop_counter import FlopCounterMode
     backbone = Backbone(args.backbone, args.backbone_path, device="cpu", weights="random" if args.random_init else True,
@@ -228,11 +229,12 @@ def count_flops():
     stub = nn.Module()   # the policy's trainable parts only need the backbone's width
     stub.dim, stub.layer = backbone.dim, backbone.layer
     cfg = make_case_config()
-    with torch.device("meta"):
-        policy = Policy(cfg, backbone=stub, device="meta")
+    dev = "cpu" if args.size == "tiny" else "meta"   # tiny: real and cheap, and the second pass's merged length is known
+    with torch.device(dev):
+        policy = Policy(cfg, backbone=stub, device=dev)
     B = 2
-    meta = lambda t: t.expand(B, *t.shape[1:]).to("meta")
-    q, A = torch.zeros(B, cfg.state_dim, device="meta"), torch.zeros(B, cfg.horizon, cfg.action_dim, device="meta")
+    on = lambda t: t.expand(B, *t.shape[1:]).to(dev)
+    q, A = torch.zeros(B, cfg.state_dim, device=dev), torch.zeros(B, cfg.horizon, cfg.action_dim, device=dev)
     out = dict(device="flop count (no timing)", backbone=args.backbone, size=args.size, image_size=args.image_size,
                views=args.views, tokens=int(feats.shape[1]), backbone_fwd_tflop_per_sample=backbone_flops / 1e12,
                trainable_params_m=sum(p.numel() for n, p in policy.named_parameters()) / 1e6)
@@ -241,7 +243,7 @@ def count_flops():
     try:
         for case in ("baseline", "rscl"):
             with FlopCounterMode(display=False) as c:
-                o = policy(meta(feats), meta(mask), meta(views), q, A, rscl="proprio" if case == "rscl" else "none")
+                o = policy(on(feats), on(mask), on(views), q, A, rscl="proprio" if case == "rscl" else "none")
                 (o["loss_fm"] + o.get("loss_rscl", 0.0)).backward()
             out[f"{case}_policy_tflop_per_sample"] = c.get_total_flops() / B / 1e12
     finally:

@@ -108,33 +108,37 @@ class Adapter(nn.Module):
         self.blocks = nn.ModuleList([Block(D, heads, dropout) for _ in range(layers)])
         self.dropout = dropout
 
-    def tokens(self, feats, mask):
-        """[feats | u] (B, N+1, D) and its mask (B, N+1) (bool, or a float bias: 0 = attend): the blocks' input."""
-        B = feats.shape[0]
+    def embed(self, feats):
+        """feats (B, N, D_in) -> the blocks' token inputs (B, N, D): LayerNorm, the Linear to D, the slot embedding."""
         x = self.proj_in(self.ln(feats))                                                   # (B, N, D)
-        if self.pos is not None:
-            x = x + self.pos.to(x.dtype)                                                   # (N, D) per slot
-        x = torch.cat([x, self.u.expand(B, 1, -1).to(x.dtype)], dim=1)                     # (B, N+1, D)
-        attend_u = mask.new_ones(B, 1) if mask.dtype == torch.bool else mask.new_zeros(B, 1)
+        return x + self.pos.to(x.dtype) if self.pos is not None else x                     # (N, D) per slot
+
+    def tokens(self, x, mask):
+        """[x | u] (B, N+1, D) and its mask (B, N+1) (bool, or a float bias: 0 = attend): the blocks' input."""
+        x = torch.cat([x, self.u.expand(x.shape[0], 1, -1).to(x.dtype)], dim=1)           # (B, N+1, D)
+        attend_u = mask.new_ones(x.shape[0], 1) if mask.dtype == torch.bool else mask.new_zeros(x.shape[0], 1)
         return x, torch.cat([mask, attend_u], dim=1)                                       # (B, N+1)
 
-    def forward(self, feats, mask):
-        """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's)."""
-        x, mask = self.tokens(feats, mask)
+    def forward(self, feats, mask, x=None):
+        """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's).
+        x: embed(feats), where the caller has it already (RS-CL's second pass reuses it)."""
+        x, mask = self.tokens(self.embed(feats) if x is None else x, mask)
         for block in self.blocks:
             x = block(x, mask)
         return x[:, :-1], x[:, -1]
 
-    def summary(self, feats, mask, drop):
-        """forward(feats.masked_fill(drop[..., None], 0), mask)[1] (B, D): u's output on the cut-off features,
-        drop (B, N) bool, at less cost. 1. A sample's zeroed tokens are one vector at every block (same input,
-        same keys): kept once (merge_zeroed), except with dropout on (each copy draws its own mask). 2. Every
-        block but the last needs all tokens (their outputs are its keys); the last computes u's query alone."""
-        if self.training and self.dropout > 0:
-            feats, mask = feats.masked_fill(drop[..., None], 0.0), mask
+    def summary(self, x, mask, drop):
+        """forward(feats.masked_fill(drop[..., None], 0), mask)[1] (B, D), u's output on the cut-off features, from
+        x = embed(feats) (B, N, D) and drop (B, N) bool, at less cost. A zeroed token enters the blocks as embed(0);
+        the kept ones as in x. A sample's zeroed tokens are one vector at every block then: kept once (merge_zeroed),
+        unless dropout (each copy draws its own mask) or slot embeddings make them differ. Every block but the last
+        needs all tokens (their outputs are its keys); the last computes u's query alone."""
+        zero = x.new_zeros(self.ln.normalized_shape[0])                                    # (D_in,) a zeroed feature
+        if self.training and self.dropout > 0 or self.pos is not None:
+            x = torch.where(drop[..., None], self.embed(zero[None, None]), x)              # (B, N, D)
         else:
-            feats, mask = merge_zeroed(feats, mask, drop)                                  # (B, K, D_in), (B, K)
-        x, mask = self.tokens(feats, mask)
+            x, mask = merge_zeroed(x, mask, drop, fill=self.embed(zero))                   # (B, K, D), (B, K)
+        x, mask = self.tokens(x, mask)
         for block in self.blocks[:-1]:
             x = block(x, mask)
         return self.blocks[-1](x, mask, last_only=True)[:, 0]
@@ -323,7 +327,8 @@ class Policy(nn.Module):
         Returns a dict of scalars: loss_fm, loss_rscl and its diagnostics, loss_align and align_cos."""
         if self.vision is not None:                                      # E' runs inside forward (DDP sees it)
             feats, mask, views = self.vision(self.backbone, *pixels, frozen=(feats, mask, views))
-        h, w = self.adapter(feats, mask)                                 # (B, N, D), (B, D)
+        e = self.adapter.embed(feats)                                    # (B, N, D) the blocks' token inputs
+        h, w = self.adapter(feats, mask, x=e)                            # (B, N, D), (B, D)
         # --- flow matching (tau = 0 noise, tau = 1 data) ---
         B = A.shape[0]
         one = torch.ones((), device=A.device)                            # sampled on the device: no host sync
@@ -348,7 +353,7 @@ class Policy(nn.Module):
             h_tilde, _ = self.adapter(feats.masked_fill(drop[..., None], 0.0), mask)
             w, w_tilde = masked_mean(h, mask), masked_mean(h_tilde, mask)   # (B, D) each
         else:                                                            # on u: only u's output is needed
-            w_tilde = self.adapter.summary(feats, mask, drop)            # (B, D)
+            w_tilde = self.adapter.summary(e, mask, drop)                # (B, D), reusing the first pass's inputs
         z, z_tilde = self.projector(torch.cat([w, w_tilde])).chunk(2)   # (B, 128) each, one call
         target = {"proprio": q, "action": A[:, 0], "infonce": None}[rscl]   # A[:, 0]: the next action
         W = soft_weights(target, beta, B, z.device, beta_scale)          # (B, B): loss.rscl_loss, W computed once

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backbone import Backbone
 from data import DemoDataset, collate
 from loss import cutoff, cutoff_mask, rscl_diagnostics, rscl_lambda, rscl_loss, soft_weights, weight_entropy
 from model import Policy, euler, flow_path, make_config, merge_zeroed
@@ -154,7 +155,6 @@ def test_rscl_on_pooled_h_trains_the_adapter_tokens(policy, synthetic):
 
 
 def test_adapter_position_embedding_is_per_slot_and_only_for_fixed_token_counts(policy):
-    from backbone import Backbone
     bb = Backbone("dinov2-s", pool=2)
     cams = ["agentview", "robot0_eye_in_hand"]
     with_pos = Policy(make_config(backbone="dinov2-s", token_pool=2, adapter_pos=True, cameras=cams), backbone=bb)
@@ -211,13 +211,29 @@ def test_summary_equals_the_full_pass_on_cut_off_features(policy, synthetic):
     for kind in ("view", "token", "span"):
         drop = cutoff_mask(feats, mask, views, kind, ratio=0.3, generator=g)
         drop[1] = False
-        w = policy.adapter.summary(feats, mask, drop)
+        w = policy.adapter.summary(policy.adapter.embed(feats), mask, drop)
         assert w.shape == (4, policy.adapter.u.shape[0])
         assert torch.allclose(w, policy.adapter(feats.masked_fill(drop[..., None], 0.0), mask)[1], atol=1e-5, rtol=0)
-    x, m = policy.adapter.tokens(feats, mask)
+    x, m = policy.adapter.tokens(policy.adapter.embed(feats), mask)
     full = policy.adapter.blocks[-1](x, m)
     assert torch.allclose(policy.adapter.blocks[-1](x, m, last_only=True)[:, 0], full[:, -1], atol=1e-5, rtol=0)
     assert not torch.allclose(full[:, -1], x[:, -1], atol=1e-3)  # the block does change u
+
+
+def test_summary_with_slot_embeddings(monkeypatch):
+    # --adapter-pos: a zeroed token's input differs per slot, so the second pass keeps every token (it once
+    # failed here with a shape error: RS-CL with --adapter-pos at dropout 0, main.sh's setting)
+    monkeypatch.setenv("RSCL_CPU_BF16", "0")
+    torch.manual_seed(0)
+    backbone = Backbone("dinov2-s", weights="random")
+    policy = Policy(make_config(backbone="dinov2-s", image_size=28, cameras=["a", "b"], adapter_pos=True,
+                                adapter_dropout=0.0), backbone=backbone).eval()
+    feats, mask, views = backbone(torch.randint(0, 255, (3, 2, 28, 28, 3), dtype=torch.uint8), [""] * 3)
+    drop = cutoff_mask(feats, mask, views, "view")
+    w = policy.adapter.summary(policy.adapter.embed(feats), mask, drop)
+    assert torch.allclose(w, policy.adapter(feats.masked_fill(drop[..., None], 0.0), mask)[1], atol=1e-5, rtol=0)
+    out = policy.train()(feats, mask, views, torch.rand(3, 10), torch.rand(3, 16, 7), rscl="proprio")
+    assert torch.isfinite(out["loss_rscl"])
 
 
 def test_merge_zeroed_keeps_one_zero_token_per_sample():
@@ -230,6 +246,10 @@ def test_merge_zeroed_keeps_one_zero_token_per_sample():
     assert torch.equal(f[1, :3], feats[1, 3:]) and torch.equal(f[1, 3:], torch.zeros(2, 3))
     inf = float("-inf")
     assert torch.allclose(bias, torch.tensor([[0, 0, 0, inf, math.log(2)], [0, 0, 0, math.log(3), inf]]))
+    fill = torch.tensor([7.0, 8.0, 9.0])                              # what a dropped token becomes: any vector
+    f2, bias2 = merge_zeroed(feats, mask, drop, fill=fill)
+    assert torch.equal(f2[0, :4], f[0, :4]) and torch.equal(f2[0, 4], fill) and torch.equal(f2[1, 3:], fill.expand(2, 3))
+    assert torch.equal(bias2, bias)
 
 
 def test_math_attention_is_sdpa_for_every_mask_kind():
@@ -260,7 +280,7 @@ def test_rscl_losses_equal_the_two_pass_code(synthetic, rscl, cut, dropout, trai
     for second_pass in ("summary", "two-pass"):
         if second_pass == "two-pass":
             full = type(policy.adapter).forward
-            policy.adapter.summary = lambda f, m, d: full(policy.adapter, f.masked_fill(d[..., None], 0.0), m)[1]
+            policy.adapter.summary = lambda x, m, d: full(policy.adapter, feats.masked_fill(d[..., None], 0.0), m)[1]
         torch.manual_seed(1)
         out = policy(feats, mask, views, q, A, rscl=rscl, cutoff_kind=cut)
         (out["loss_fm"] + out["loss_rscl"]).backward()
