@@ -12,7 +12,8 @@ and the model's adapter dropout.
 Cases: the training step with the backbone run live, for the baseline and for --rscl, and the same
 two from cached features (features.py: the backbone is not run, its 16-bit features are read and
 moved to the device); and the baseline with a trainable copy of the vision encoder, alone (--train-vision)
-or beside the frozen one (--dual-encoder), which train live (vision.py). The step runs in train.py's
+or beside the frozen one (--dual-encoder), which train live (vision.py); and --align (its teacher the backbone,
+paired with the baseline from the cache). The step runs in train.py's
 precision: bf16 autocast on CUDA and on CPUs with native bf16 matmuls (backbone.cpu_bf16), else float32. Each case runs in a fresh process, so peak memory is its own. Timing excludes
 warm-up and synchronises the device. FLOPs are counted by torch's FlopCounterMode on one step
 (matmuls and attention, forward and backward), not estimated. One JSON line per case, then a summary:
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from backbone import BACKBONES, Backbone, cpu_bf16
+from align import teacher_targets
 from bench_cknna import bench_cknna
 from model import SIZES, Policy, PolicyConfig, make_config
 
@@ -71,8 +73,8 @@ for k, v in (MAIN_SH if args.backbone is None else OTHERS).items():
     if getattr(args, k) is None:
         setattr(args, k, v)
 
-CASES = ["baseline", "rscl", "baseline-cached", "rscl-cached", "paired-cached", "attention-cached", "predict",
-         "vision-train", "vision-dual"]
+CASES = ["baseline", "rscl", "baseline-cached", "rscl-cached", "paired-cached", "attention-cached", "align-cached",
+         "predict", "vision-train", "vision-dual"]
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}   # dense bf16, per GPU
 
 
@@ -93,10 +95,10 @@ def machine():
             f"with {torch.get_num_threads()} threads")
 
 
-def make_case_config(vision="frozen"):
+def make_case_config(vision="frozen", align_dim=0):
     return make_config(backbone=args.backbone, size=args.size, cameras=[f"cam{v}" for v in range(args.views)],
                        image_size=args.image_size, token_pool=args.token_pool, adapter_dropout=args.adapter_dropout,
-                       vision=vision)
+                       vision=vision, align_dim=align_dim)
 
 
 def sync(device):
@@ -109,7 +111,7 @@ def run_case(case, device):
     weights = "random" if args.random_init else True
     backbone = Backbone(args.backbone, args.backbone_path, device=device, weights=weights, pool=args.token_pool)
     vision = case[len("vision-"):] if case.startswith("vision-") else "frozen"   # train | dual: E' trains live
-    cfg = make_case_config(vision)
+    cfg = make_case_config(vision, align_dim=backbone.dim if case.startswith("align") else 0)   # teacher: the backbone
     policy = Policy(cfg, backbone=backbone, device=device)
     model = torch.compile(policy) if args.compile else policy
     B, cuda = args.batch_size, device.startswith("cuda")
@@ -129,8 +131,10 @@ def run_case(case, device):
         f, m, v = backbone(images, instructions)
         host = [f.to(torch.float16).cpu(), m.cpu(), v.cpu()]
         host = [t.pin_memory() for t in host] if cuda else host
+        n = backbone.tokens_per_view(args.image_size)
+        teacher = teacher_targets(host[0].float(), host[2], n, n).to(device) if cfg.align_dim else None   # --align
 
-    def step(rscl=case.startswith("rscl")):
+    def step(rscl=case.startswith("rscl"), align=False):
         if cached:
             feats, mask, views = (t.to(device, non_blocking=True) for t in host)
             feats = feats.to(torch.bfloat16 if cuda else torch.float32)
@@ -139,9 +143,9 @@ def run_case(case, device):
         else:
             feats, mask, views = backbone(images, instructions)
         with autocast:
-            out = model(feats, mask, views, q, A, rscl="proprio" if rscl else "none",
+            out = model(feats, mask, views, q, A, rscl="proprio" if rscl else "none", teacher=teacher if align else None,
                         pixels=(images, instructions) if vision != "frozen" else None)
-            loss = out["loss_fm"] + out.get("loss_rscl", 0.0)
+            loss = out["loss_fm"] + out.get("loss_rscl", 0.0) + 0.2 * out.get("loss_align", 0.0)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -150,6 +154,8 @@ def run_case(case, device):
     policy.train()
     if case == "paired-cached":
         return paired(case, dict(baseline=lambda: step(False), rscl=lambda: step(True)), device)
+    if case == "align-cached":       # --align (the teacher: the backbone, its targets from the cached features)
+        return paired(case, dict(baseline=lambda: step(False), align=lambda: step(False, align=True)), device)
     if case == "attention-cached":   # the CPU baseline step: attention written out (its path here) vs through SDPA
         import attention
         def sdpa_step():
@@ -304,6 +310,7 @@ def main():
                           cache_speedup_baseline=ms["baseline"] / ms["baseline-cached"],
                           cache_speedup_rscl=ms["rscl"] / ms["rscl-cached"],
                           sdpa_over_math_attention_cached=results["attention-cached"]["sdpa_over_math"],
+                          align_over_baseline_cached_paired=results["align-cached"]["align_over_baseline"],
                           train_vision_over_baseline_live=results["vision-train"]["step_ms"] / ms["baseline"],
                           dual_encoder_over_baseline_live=results["vision-dual"]["step_ms"] / ms["baseline"])))
 

@@ -41,3 +41,8 @@ def test_attention_case_pairs_the_written_out_attention_with_sdpa():
     (r,) = run(*TINY, "--case", "attention-cached")
     assert r["math_step_ms"] > 0 and r["sdpa_step_ms"] > 0
     assert abs(r["sdpa_over_math"] - r["sdpa_step_ms"] / r["math_step_ms"]) < 1e-9
+
+
+def test_align_case_pairs_align_with_the_baseline():
+    (r,) = run(*TINY, "--case", "align-cached")
+    assert r["baseline_step_ms"] > 0 and r["align_step_ms"] > 0 and r["align_over_baseline"] > 0
