@@ -1,5 +1,5 @@
 """
-The RS-CL policy, GR00T-N1.5 style, in one file:
+The RS-CL policy, GR00T-N1.5 style (the DiT action decoder is in dit.py):
 
     images (V views) + instruction --> frozen VLM, cut after layer k --> feats (B, N, D)
         [+ learnable summarization token u appended at the end]
@@ -15,7 +15,6 @@ and inference integrates dx/dtau = v from tau = 0 to 1 with K Euler steps.
 
 The backbone file `backbone.py` holds everything transformers; this file is the trainable policy.
 """
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -23,8 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from align import projector, view_tokens
-from attention import MLP, Attention, Block, merge_zeroed
+from attention import Block, merge_zeroed
 from backbone import Backbone, BACKBONES
+from dit import DiT
 from loss import align_loss, cutoff_mask, rscl_diagnostics, soft_infonce, soft_weights
 from runfolder import load_checkpoint
 from vision import TrainableVision
@@ -80,18 +80,12 @@ def make_config(**kw):
         raise ValueError(f"unknown size '{size}': choose one of {', '.join(SIZES)}")
     if kw.get("backbone", "tiny") not in BACKBONES:
         raise ValueError(f"unknown backbone '{kw['backbone']}': choose one of {', '.join(BACKBONES)}")
+    if kw.get("vision", "frozen") not in ("frozen", "train", "dual"):
+        raise ValueError(f"unknown vision mode '{kw['vision']}': choose frozen, train or dual")
     return PolicyConfig(**{**SIZES[size], **kw})
 
 # -----------------------------------------------------------------------------
-# building blocks, leaf first
-
-
-def timestep_embedding(t, dim):
-    """Sinusoidal embedding of integer flow time t (B,) in [0, 1000) -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]                        # (B, half)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)   # (B, dim)
+# the adapter and the flow
 
 
 class Adapter(nn.Module):
@@ -144,62 +138,6 @@ class Adapter(nn.Module):
         return self.blocks[-1](x, mask, last_only=True)[:, 0]
 
 
-class DiTBlock(nn.Module):
-    """A DiT block with adaLN-Zero: the flow time sets shift, scale and gate of both sub-layers,
-    so a block whose modulation is zero-initialised starts as the identity. Cross-attention to the
-    condition h when `cross` (the even blocks), self-attention otherwise (the odd blocks)."""
-
-    def __init__(self, W, heads, cond_dim, cross):
-        super().__init__()
-        self.cross = cross
-        self.ln1 = nn.LayerNorm(W, elementwise_affine=False)
-        self.ln2 = nn.LayerNorm(W, elementwise_affine=False)
-        self.attn = Attention(W, heads, kv_dim=cond_dim if cross else None)
-        self.mlp = MLP(W, 4 * W)
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(W, 6 * W))
-
-    def forward(self, x, temb, h, h_mask):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(temb)[:, None].chunk(6, dim=-1)  # 6 x (B, 1, W)
-        y = self.ln1(x) * (1 + scale1) + shift1
-        y = self.attn(y, kv=h, kv_mask=h_mask) if self.cross else self.attn(y)
-        x = x + gate1 * y
-        return x + gate2 * self.mlp(self.ln2(x) * (1 + scale2) + shift2)
-
-
-class DiT(nn.Module):
-    """D_theta: tokens [state | future tokens | H action tokens] -> velocity (B, H, action_dim)."""
-
-    def __init__(self, cfg, cond_dim):
-        super().__init__()
-        W = cfg.dit_width
-        self.state_enc = nn.Sequential(nn.Linear(cfg.state_dim, cfg.state_hidden), nn.SiLU(),
-                                       nn.Linear(cfg.state_hidden, W))
-        self.future = nn.Parameter(torch.zeros(cfg.future_tokens, W))
-        self.action_in = nn.Linear(cfg.action_dim, W)
-        self.action_mix = nn.Sequential(nn.Linear(2 * W, W), nn.SiLU(), nn.Linear(W, W))
-        self.action_pos = nn.Parameter(torch.zeros(cfg.horizon, W))
-        self.time_mlp = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
-        self.blocks = nn.ModuleList([DiTBlock(W, cfg.dit_heads, cond_dim, cross=(i % 2 == 0))
-                                     for i in range(cfg.dit_layers)])
-        self.ln_out = nn.LayerNorm(W, elementwise_affine=False)
-        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(W, 2 * W))
-        self.head = nn.Linear(W, cfg.action_dim)
-
-    def forward(self, x, t, h, h_mask, q):
-        """x (B, H, a) noisy chunk, t (B,) integer flow time in [0, 1000), h (B, N, D) condition,
-        h_mask (B, N), q (B, state_dim) normalised state -> velocity (B, H, a)."""
-        B, H, _ = x.shape
-        tsin = timestep_embedding(t, self.action_in.out_features)                  # (B, W)
-        a = self.action_in(x)                                                      # (B, H, W)
-        a = self.action_mix(torch.cat([a, tsin[:, None].expand(-1, H, -1)], -1)) + self.action_pos
-        tokens = torch.cat([self.state_enc(q)[:, None], self.future.expand(B, -1, -1), a], 1)  # (B, 1+F+H, W)
-        temb = self.time_mlp(tsin)                                                 # (B, W)
-        for block in self.blocks:
-            tokens = block(tokens, temb, h, h_mask)
-        shift, scale = self.ada_out(temb)[:, None].chunk(2, dim=-1)
-        return self.head(self.ln_out(tokens[:, -H:]) * (1 + scale) + shift)       # (B, H, a)
-
-
 def masked_mean(x, mask):
     """x (B, N, D), mask (B, N) True = real token -> the mean over real tokens (B, D)."""
     m = mask[..., None].to(x.dtype)                                  # (B, N, 1)
@@ -238,10 +176,7 @@ class Policy(nn.Module):
         self.adapter = Adapter(self.backbone.dim, D, cfg.adapter_layers, cfg.adapter_heads, cfg.adapter_dropout, n_pos)
         self.projector = nn.Sequential(nn.Linear(D, cfg.proj_hidden), nn.GELU(), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
         self.dit = DiT(cfg, cond_dim=D)
-        if cfg.vision not in ("frozen", "train", "dual"):
-            raise ValueError(f"unknown vision mode '{cfg.vision}': choose frozen, train or dual")
-        # --train-vision / --dual-encoder: E', a trainable copy of the vision encoder (pretrained weights, saved with
-        # the policy's); the backbone itself stays frozen
+        # --train-vision / --dual-encoder: E', a trainable copy of the vision encoder (the backbone stays frozen)
         self.vision = TrainableVision(self.backbone, dual=cfg.vision == "dual") if cfg.vision != "frozen" else None
         # --align: P, frozen (requires_grad False: not in the optimizer) but a submodule, so it is saved and restored;
         # made without drawing from the run's RNG stream (its weights: init_weights, from cfg.align_seed)

@@ -6,7 +6,8 @@ checkpoint; a start that fails, is stopped (Ctrl-C, `kill`) or hits a NaN before
 --overwrite the old NAME is moved into the new folder at that moment, then deleted, so no name of the user's
 (NAME.old, NAME.new) is ever touched. Checkpoints are written to a temporary name and renamed (atomic).
 A resumed run writes into NAME itself. swap_in does the same for evaluate.py's and cknna.py's output folders.
-load_checkpoint reads a checkpoint back, with one clear line for a missing, truncated or foreign file.
+folder_problem and changed_flags check a start or a resume before anything is written; load_checkpoint reads a
+checkpoint back, with one clear line for a missing, truncated or foreign file.
 """
 import atexit
 import json
@@ -54,6 +55,31 @@ class RunFolder:
     def discard(self):   # a new run that stops before its first checkpoint leaves nothing
         if not self.saved:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def folder_problem(out, data, resume, overwrite):
+    """What is wrong with starting a run in folder out (one line, for train.py to print), or None."""
+    ckpt_path = os.path.join(out, "ckpt.pt")
+    there = os.listdir(out) if os.path.isdir(out) else []
+    if overwrite and there and not {"ckpt.pt", "config.json"} & set(there):
+        return f"--overwrite would delete {out}, which is not a run folder (no ckpt.pt or config.json in it): choose another --out"
+    if overwrite and os.path.realpath(data).startswith(os.path.realpath(out) + os.sep):
+        return f"--overwrite would delete {out}, which holds --data {data}: choose another --out"
+    if resume and not os.path.isfile(ckpt_path):
+        return f"--resume: there is no {ckpt_path} to continue; start a new run without --resume"
+    if not resume and there and not overwrite:
+        return (f"run folder {out} already exists{'' if os.path.isfile(ckpt_path) else ' (no checkpoint in it)'}: "
+                f"choose another --out, continue it with --resume, or pass --overwrite")
+    return None
+
+
+def changed_flags(now, saved, default, keep):
+    """--resume: the flags of `now` whose value is not the checkpoint's (`saved`; a flag it lacks has its default(name)),
+    but those in keep, as '--flag value (checkpoint: value)'. --data compares as a real path."""
+    norm = lambda k, v: os.path.realpath(v) if k == "data" else v
+    show = lambda v: ("on" if v else "off") if isinstance(v, bool) else v if v != "" else "''"   # store_true flags
+    return [f"--{k.replace('_', '-')} {show(v)} (checkpoint: {show(saved.get(k, default(k)))})"
+            for k, v in now.items() if k not in keep and norm(k, v) != norm(k, saved.get(k, default(k)))]
 
 
 def load_checkpoint(path):

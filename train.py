@@ -32,7 +32,7 @@ from features import build_cache
 from layouts import FLIPS, LAYOUTS, ORIENTATIONS, run_layout
 from loss import rscl_lambda
 from model import SIZES, Policy, make_config
-from runfolder import RunFolder, load_checkpoint
+from runfolder import RunFolder, changed_flags, folder_problem, load_checkpoint
 
 
 def die(msg, code=2):   # bad input: one clear line on stderr, a non-zero exit, nothing overwritten
@@ -146,15 +146,15 @@ def check_args(a):
             die(f"--align-weight must be in [0, 1e+30] (got {a.align_weight})")
         if a.teacher not in BACKBONES:
             die(f"unknown --teacher '{a.teacher}': choose one of {', '.join(BACKBONES)}")
+    trainable = "--train-vision" if a.train_vision else "--dual-encoder" if a.dual_encoder else ""   # vision.py
     if a.train_vision and a.dual_encoder:
         die("pass --train-vision (the copy replaces the frozen encoder) or --dual-encoder (both), not both")
-    if a.vision_lr is not None and not (a.train_vision or a.dual_encoder) or not 0 <= (a.vision_lr or 0) <= 1e30:
+    if a.vision_lr is not None and not trainable or not 0 <= (a.vision_lr or 0) <= 1e30:
         die(f"--vision-lr {a.vision_lr}: give a value >= 0 together with --train-vision or --dual-encoder")
-    if a.train_vision or a.dual_encoder:   # the default, resolved: the config says the lr used
-        a.vision_lr = a.lr / 10 if a.vision_lr is None else a.vision_lr
-    if a.cache_features and (a.train_vision or a.dual_encoder):
-        die(f"--cache-features cannot be used with --{'train-vision' if a.train_vision else 'dual-encoder'}: the "
-            f"trainable encoder's features change at every step; drop --cache-features")
+    if trainable and a.cache_features:
+        die(f"--cache-features cannot be used with {trainable}: the trainable encoder's features change at every "
+            f"step; drop --cache-features")
+    a.vision_lr = (a.lr / 10 if a.vision_lr is None else a.vision_lr) if trainable else None   # the default, resolved
     if a.resume and a.overwrite:
         die("pass --resume (continue the run) or --overwrite (replace it), not both")
     vars(a).update(run_layout(vars(a)))   # the layout's '' resolved: the config says how the data is read
@@ -178,27 +178,16 @@ def main():
     out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}{'-align' * args.align}"
                                         f"{'-vision' * args.train_vision}{'-dual' * args.dual_encoder}")
     ckpt_path = os.path.join(out, "ckpt.pt")
-    if args.overwrite and os.path.isdir(out) and os.listdir(out) and not {"ckpt.pt", "config.json"} & set(os.listdir(out)):
-        die(f"--overwrite would delete {out}, which is not a run folder (no ckpt.pt or config.json in it): choose another --out")
-    if args.overwrite and os.path.realpath(args.data).startswith(os.path.realpath(out) + os.sep):
-        die(f"--overwrite would delete {out}, which holds --data {args.data}: choose another --out")
-    if args.resume and not os.path.isfile(ckpt_path):
-        die(f"--resume: there is no {ckpt_path} to continue; start a new run without --resume")
-    if not args.resume and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        die(f"run folder {out} already exists{'' if os.path.isfile(ckpt_path) else ' (no checkpoint in it)'}: "
-            f"choose another --out, continue it with --resume, or pass --overwrite")
+    if problem := folder_problem(out, args.data, args.resume, args.overwrite):
+        die(problem)
     step, ckpt = 0, None
     if args.resume:   # the experiment must be the checkpoint's: refuse flags that would change it, by name
         try:
             ckpt = load_checkpoint(ckpt_path)
         except ValueError as e:
             die(str(e))
-        saved, norm = ckpt.get("config", {}), lambda k, v: os.path.realpath(v) if k == "data" else v
-        saved = {**saved, **run_layout(saved)}   # a run from before --layout read the robomimic layout
-        show = lambda v: ("on" if v else "off") if isinstance(v, bool) else v if v != "" else "''"   # store_true flags
-        changed = [f"--{k.replace('_', '-')} {show(v)} (checkpoint: {show(saved.get(k, p.get_default(k)))})"
-                   for k, v in vars(args).items() if k not in RESUMABLE and norm(k, v) != norm(k, saved.get(k, p.get_default(k)))]
-        if changed:
+        saved = {**ckpt.get("config", {}), **run_layout(ckpt.get("config", {}))}   # before --layout: robomimic's
+        if changed := changed_flags(vars(args), saved, p.get_default, RESUMABLE):
             die(f"--resume: {', '.join(changed)} does not fit the checkpoint: these flags change the experiment; "
                 f"resume with the checkpoint's values, or start a new run (another --out)")
         step = ckpt["step"]
