@@ -13,8 +13,9 @@ Cases: the training step with the backbone run live, for the baseline and for --
 two from cached features (features.py: the backbone is not run, its 16-bit features are read and
 moved to the device); and the baseline with a trainable copy of the vision encoder, alone (--train-vision)
 or beside the frozen one (--dual-encoder), which train live (vision.py); and --align (its teacher the backbone,
-paired with the baseline from the cache). The step runs in train.py's
-precision: bf16 autocast on CUDA and on CPUs with native bf16 matmuls (backbone.cpu_bf16), else float32. Each case runs in a fresh process, so peak memory is its own. Timing excludes
+paired with the baseline from the cache). The step runs in train.py's precision: bf16 autocast on CUDA and on
+CPUs with native bf16 matmuls (backbone.cpu_bf16), else float32. Each case runs in a fresh process, so peak
+memory is its own. Timing excludes
 warm-up and synchronises the device. FLOPs are counted by torch's FlopCounterMode on one step
 (matmuls and attention, forward and backward), not estimated. One JSON line per case, then a summary:
 the RS-CL / baseline step-time ratio and the cache / live speed-up. Also the latency of predicting one
@@ -126,7 +127,7 @@ def run_case(case, device):
         return predict_latency(policy, images[:1], q[:1], instructions[:1], device)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.95, 0.999), fused=cuda)
-    cached = case.endswith("cached")
+    cached, teacher = case.endswith("cached"), None
     if cached:   # what the cache holds: 16-bit features in host memory (pinned, as the loader gives them)
         f, m, v = backbone(images, instructions)
         host = [f.to(torch.float16).cpu(), m.cpu(), v.cpu()]

@@ -135,10 +135,11 @@ def mutual_knn(feats_a, feats_b, topk=10):
 
 def pooled_h_cknna(policy, batches, topk=10):
     """CKNNA of the adapter's h, mean-pooled over real tokens, against q, from batches of the policy's inputs
-    (feats, mask, views, q, ...) (train.py --cknna-every). NaN with topk or fewer samples."""
+    (feats, mask, views, q, A, teacher, pixels) (train.py --cknna-every). NaN with topk or fewer samples."""
     from model import masked_mean
     hs, qs = [], []
-    for feats, mask, _, q, *_ in batches:
+    for feats, mask, views, q, _, _, pixels in batches:
+        feats, mask, _ = policy.inputs(feats, mask, views, pixels)                     # E' too, if the policy has one
         h, _ = policy.adapter(feats, mask)                                            # (B, N, D)
         hs.append(masked_mean(h.float(), mask).cpu())                                 # (B, D)
         qs.append(q.float().cpu())

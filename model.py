@@ -260,8 +260,7 @@ class Policy(nn.Module):
         tokens of each view (align.teacher_targets), or None (no alignment). pixels: (images, instructions), which
         the trainable vision encoder reads (--train-vision, --dual-encoder: feats are then computed here).
         Returns a dict of scalars: loss_fm, loss_rscl and its diagnostics, loss_align and align_cos."""
-        if self.vision is not None:                                      # E' runs inside forward (DDP sees it)
-            feats, mask, views = self.vision(self.backbone, *pixels, frozen=(feats, mask, views))
+        feats, mask, views = self.inputs(feats, mask, views, pixels)    # E' runs inside forward (DDP sees it)
         e = self.adapter.embed(feats)                                    # (B, N, D) the blocks' token inputs
         h, w = self.adapter(feats, mask, x=e)                            # (B, N, D), (B, D)
         # --- flow matching (tau = 0 noise, tau = 1 data) ---
@@ -296,13 +295,20 @@ class Policy(nn.Module):
         out.update(rscl_diagnostics(z, z_tilde, W, out["loss_rscl"]))
         return out
 
+    def inputs(self, feats, mask, views, pixels=None):
+        """The adapter's inputs from the backbone's (feats, mask, views): those, or with a trainable encoder E'
+        (vision.py) its features, alone (--train-vision: the backbone's may be None) or fused with them; pixels:
+        (images, instructions), which E' reads."""
+        if self.vision is None:
+            return feats, mask, views
+        return self.vision(self.backbone, *pixels, frozen=(feats, mask, views))
+
     # --- inference ---
     @torch.no_grad()
     def encode(self, images, instructions):
         """images (B, V, H, W, 3) uint8, instructions list[str] -> dict(feats, mask, views, h, w, z)."""
-        feats, mask, views = self.backbone(images, instructions)
-        if self.vision is not None:
-            feats, mask, views = self.vision(self.backbone, images, instructions, frozen=(feats, mask, views))
+        frozen = (None,) * 3 if self.cfg.vision == "train" else self.backbone(images, instructions)   # E' alone: no E
+        feats, mask, views = self.inputs(*frozen, pixels=(images, instructions))
         h, w = self.adapter(feats, mask)
         return dict(feats=feats, mask=mask, views=views, h=h, w=w, z=self.projector(w))
 

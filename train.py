@@ -152,8 +152,7 @@ def check_args(a):
     if a.vision_lr is not None and not trainable or not 0 <= (a.vision_lr or 0) <= 1e30:
         die(f"--vision-lr {a.vision_lr}: give a value >= 0 together with --train-vision or --dual-encoder")
     if trainable and a.cache_features:
-        die(f"--cache-features cannot be used with {trainable}: the trainable encoder's features change at every "
-            f"step; drop --cache-features")
+        die(f"--cache-features cannot be used with {trainable}: its features change at every step; drop --cache-features")
     a.vision_lr = (a.lr / 10 if a.vision_lr is None else a.vision_lr) if trainable else None   # the default, resolved
     if a.resume and a.overwrite:
         die("pass --resume (continue the run) or --overwrite (replace it), not both")
@@ -173,8 +172,6 @@ def main():
     master = rank == 0
     if args.rscl and args.batch_size < 2:
         die("--rscl needs --batch-size >= 2: the contrastive loss compares samples within a batch")
-    if args.size not in SIZES:
-        die(f"unknown size '{args.size}': choose one of {', '.join(SIZES)}")
     out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}{'-align' * args.align}"
                                         f"{'-vision' * args.train_vision}{'-dual' * args.dual_encoder}")
     ckpt_path = os.path.join(out, "ckpt.pt")
@@ -235,15 +232,13 @@ def main():
     if args.compile:
         model = torch.compile(model)
 
-    # --- optimizer: only trainable parameters; no decay on biases and norms (1-D tensors); E' at its own peak lr ---
-    def param_groups(ps, lr_scale):
-        return [dict(params=[p for p in ps if p.dim() >= 2], weight_decay=args.weight_decay, lr_scale=lr_scale),
-                dict(params=[p for p in ps if p.dim() < 2], weight_decay=0.0, lr_scale=lr_scale)]
+    # --- optimizer: only trainable parameters; no decay on biases and norms (1-D tensors); E' at --vision-lr ---
     params = [p for p in policy.parameters() if p.requires_grad]
-    mine = {id(p) for p in policy.vision.encoder.parameters()} if policy.vision else set()
-    groups = param_groups([p for p in params if id(p) not in mine], 1.0)
-    if mine:   # --vision-lr (default --lr / 10), on the same schedule
-        groups += param_groups([p for p in params if id(p) in mine], args.vision_lr / args.lr)
+    enc = {id(p) for p in policy.vision.encoder.parameters()} if policy.vision else set()
+    parts = [([p for p in params if id(p) not in enc], 1.0)] + ([([p for p in params if id(p) in enc],
+                                                                  args.vision_lr / args.lr)] if enc else [])
+    groups = [dict(params=[p for p in ps if (p.dim() >= 2) == decay], weight_decay=args.weight_decay if decay else 0.0,
+                   lr_scale=scale) for ps, scale in parts for decay in (True, False)]   # lr_scale: of the schedule
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.95, 0.999), eps=1e-8, fused=device.startswith("cuda"))
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])

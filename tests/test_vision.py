@@ -1,5 +1,6 @@
 """--train-vision and --dual-encoder (vision.py): which weights learn, the dual's start, checkpoints, train.py.
     python -m pytest -q tests/test_vision.py"""
+import json
 import os
 from dataclasses import asdict
 
@@ -129,8 +130,10 @@ def test_train_and_resume_with_the_dual_encoder(synthetic, tmp_path):
 
 def test_train_vision_run_and_its_default_lr(synthetic, tmp_path):
     run = str(tmp_path / "run")
-    r = train("--data", synthetic, "--train-vision", "--max-iters", "2", *FAST, "--out", run)
+    r = train("--data", synthetic, "--train-vision", "--max-iters", "2", *FAST, "--out", run, "--cknna-every", "2")
     assert r.returncode == 0, r.stderr
+    evals = [json.loads(l) for l in open(os.path.join(run, "log.jsonl")) if "val_cknna_h_q" in l]
+    assert len(evals) == 1   # CKNNA reads h through E' (it once read the skipped frozen features and failed)
     ckpt = torch.load(os.path.join(run, "ckpt.pt"), weights_only=True)
     assert ckpt["model_config"]["vision"] == "train" and ckpt["config"]["vision_lr"] == 1e-5   # --lr / 10
     assert not any(k.startswith("vision.fuse") for k in ckpt["model"])
