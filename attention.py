@@ -1,8 +1,8 @@
 """
 The transformer layers the policy is built from (model.py): attention through SDPA, the MLP, the adapter's
-pre-LN block (with a path that computes the last position's output alone), and merge_zeroed, which lets
-RS-CL's second adapter pass keep a sample's zeroed tokens once (see Adapter.summary in model.py). On a CPU in
-bf16 the attention is written out (math_attention): faster there than SDPA's fused kernel.
+pre-LN block (which can compute the outputs of chosen positions alone), and cutoff_layout, which lays RS-CL's
+cut-off pass beside the clean one so that both run as one packed sequence (see Adapter.pair in model.py). On a
+CPU in bf16 the attention is written out (math_attention): faster there than SDPA's fused kernel.
 """
 import math
 
@@ -26,7 +26,10 @@ class Attention(nn.Module):
         kv = x if kv is None else kv
         q = self.q(x).view(B, T, self.heads, -1).transpose(1, 2)                # (B, nh, T, hd)
         k, v = self.kv(kv).view(B, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, nh, S, hd)
-        mask = None if kv_mask is None else kv_mask[:, None, None, :]           # (B, 1, 1, S): True = attend
+        if kv_mask is not None:   # (B, S) one mask for every query, or (B, T, S) one per query
+            mask = kv_mask[:, None, None, :] if kv_mask.dim() == 2 else kv_mask[:, None]   # (B, 1, 1 or T, S)
+        else:
+            mask = None                                                         # True = attend, or a float bias
         if mask is not None and mask.is_floating_point():                       # or a bias added to the logits
             mask = mask.to(q.dtype)
         if q.device.type == "cpu" and q.dtype == torch.bfloat16 and (self.dropout == 0 or not self.training):
@@ -66,29 +69,37 @@ class Block(nn.Module):
         self.mlp = MLP(dim, 4 * dim, dropout=dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, mask, last_only=False):
-        """x (B, T, D), mask (B, T) -> (B, T, D); last_only: the last position's output alone (B, 1, D),
-        its query attending to every token (keys and values from all T, attention and MLP for 1)."""
+    def forward(self, x, mask, rows=None):
+        """x (B, S, D), mask (B, S) or (B, T, S) per query -> (B, T, D): the outputs at `rows` (B, T) long, positions
+        of x (a position may come twice), each query attending to the S tokens (keys and values from all S,
+        attention and MLP for the T rows); rows None: every position (T = S)."""
         y = self.ln1(x)
-        x, q = (x[:, -1:], y[:, -1:]) if last_only else (x, y)                # (B, 1 or T, D): the queries' rows
+        if rows is not None:                                                  # the queries' rows
+            x, q = (t.gather(1, rows[..., None].expand(-1, -1, t.shape[-1])) for t in (x, y))   # (B, T, D)
+        else:
+            q = y
         x = x + self.drop(self.attn(q, kv=y, kv_mask=mask))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
-def merge_zeroed(feats, mask, drop, fill=None):
-    """Each sample's `drop` tokens replaced by one vector and kept once (Adapter.summary): feats (B, N, D), mask,
-    drop (B, N) bool, fill (D,) what a dropped token becomes (None: zeros) -> feats (B, K, D), the other tokens
-    then one `fill` token, and a bias (B, K) on the attention logits: 0 attend, -inf not (padding, the other
-    copies), log n for the fill token, since n copies of a key weigh n e^s / Z = e^(s + log n) / Z.
-    K = N - min_b n_b + 1 (a shape: one host sync)."""
-    B, N, D = feats.shape
-    drop = drop & mask                                                                     # zeroed real tokens
-    n = drop.sum(1, keepdim=True)                                                          # (B, 1)
-    K = N if n.is_meta else min(N, N - int(n.min()) + 1)   # the meta device (FLOP counts) has no values: no merge
-    order = torch.sort(drop.to(torch.uint8), dim=1, stable=True).indices[:, :K]            # (B, K) kept first
-    pos = torch.arange(K, device=feats.device)[None]                                       # (1, K)
-    feats = feats.gather(1, order[..., None].expand(-1, -1, D))                              # (B, K, D) kept first
-    filled = (pos >= N - n)[..., None]                                                     # (B, K, 1)
-    feats = feats.masked_fill(filled, 0.0) if fill is None else torch.where(filled, fill.to(feats.dtype), feats)
-    bias = torch.where(mask.gather(1, order) & (pos < N - n), 0.0, -math.inf)
-    return feats, torch.where(pos == N - n, n.float().log(), bias)                        # (B, K, D), (B, K)
+def cutoff_layout(mask, drop):
+    """Where RS-CL's cut-off pass sits beside the clean one when the adapter runs both as one sequence (Adapter.pair),
+    for a cutoff whose zeroed tokens are all one vector. mask (B, N) real tokens, drop (B, N) the tokens the cutoff
+    zeroes. The first block reads a source of N + 2 rows, [the N tokens | u | the fill (a zeroed token)]. Returns
+      rows (B, T2) long: the cut-off pass's positions in the source: the kept tokens first (they are the clean
+        pass's own rows), then the fill, then unused positions (masked), then u; T2 = N - min_b n_b + 2 (a shape:
+        one host sync), n_b the zeroed real tokens of sample b;
+      clean, cut (B, N + 2): the attention biases of the clean pass's queries and of the cut-off pass's (0 attend,
+        -inf not) over the source's keys. A sample's n zeroed tokens are one key with bias log n, since n copies of
+        a key weigh n e^s / Z = e^(s + log n) / Z. cut.gather(1, rows) is the cut-off pass's bias over its own rows."""
+    B, N = mask.shape
+    drop = drop & mask                                                          # zeroed real tokens
+    n = drop.sum(1, keepdim=True)                                               # (B, 1)
+    K = N if n.is_meta else min(N, N - int(n.min()) + 1)   # the meta device (FLOP counts) has no values
+    order = torch.sort(drop.to(torch.uint8), dim=1, stable=True).indices[:, :K]   # (B, K) kept first
+    pos = torch.arange(K, device=mask.device)[None]                             # (1, K)
+    rows = torch.where(pos == N - n, N + 1, order)                              # the fill at N - n; after it, the
+    u = torch.zeros(B, 1, device=mask.device)                                  # zeroed tokens (masked in cut)
+    clean = torch.cat([torch.where(mask, 0.0, -math.inf), u, u - math.inf], 1)   # (B, N + 2): no fill
+    cut = torch.cat([torch.where(mask & ~drop, 0.0, -math.inf), u, n.float().log()], 1)   # log 0 = -inf: no fill
+    return torch.cat([rows, torch.full_like(u, N, dtype=torch.long)], 1), clean, cut

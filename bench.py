@@ -224,7 +224,8 @@ def count_flops():
     """FLOPs per sample of one training step, by torch's counter: the frozen backbone's forward
     (run once on the CPU with random weights, batch 1) and the policy's forward + backward for the
     baseline and for RS-CL (on the meta device: shapes only, no memory, no time; at size tiny on the CPU, where it is
-    cheap and RS-CL's second pass has its real, merged length: on meta it is counted unmerged, an upper bound)."""
+    cheap and RS-CL's cut-off pass has its real, merged length: on meta it is counted at full length, an upper
+    bound; in train mode, so with the model's adapter dropout, as train.py runs it: see Adapter.pair)."""
     import torch.nn as nn
     from torch.utils.flop_counter import FlopCounterMode
     backbone = Backbone(args.backbone, args.backbone_path, device="cpu", weights="random" if args.random_init else True,
@@ -236,7 +237,7 @@ def count_flops():
     stub = nn.Module()   # the policy's trainable parts only need the backbone's width
     stub.dim, stub.layer = backbone.dim, backbone.layer
     cfg = make_case_config()
-    dev = "cpu" if args.size == "tiny" else "meta"   # tiny: real and cheap, and the second pass's merged length is known
+    dev = "cpu" if args.size == "tiny" else "meta"   # tiny: real and cheap, and the cut-off pass's merged length is known
     with torch.device(dev):
         policy = Policy(cfg, backbone=stub, device=dev)
     B = 2

@@ -15,6 +15,7 @@ and inference integrates dx/dtau = v from tau = 0 to 1 with K Euler steps.
 
 The backbone file `backbone.py` holds everything transformers; this file is the trainable policy.
 """
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from align import projector, view_tokens
-from attention import Block, merge_zeroed
+from attention import Block, cutoff_layout
 from backbone import Backbone, BACKBONES
 from dit import DiT
 from loss import align_loss, cutoff_mask, rscl_diagnostics, soft_infonce, soft_weights
@@ -115,28 +116,43 @@ class Adapter(nn.Module):
 
     def forward(self, feats, mask, x=None):
         """feats (B, N, D_in), mask (B, N) bool -> h (B, N, D) (every position but u), w (B, D) (u's).
-        x: embed(feats), where the caller has it already (RS-CL's second pass reuses it)."""
+        x: embed(feats), where the caller has it already."""
         x, mask = self.tokens(self.embed(feats) if x is None else x, mask)
         for block in self.blocks:
             x = block(x, mask)
         return x[:, :-1], x[:, -1]
 
-    def summary(self, x, mask, drop):
-        """forward(feats.masked_fill(drop[..., None], 0), mask)[1] (B, D), u's output on the cut-off features, from
-        x = embed(feats) (B, N, D) and drop (B, N) bool, at less cost. A zeroed token enters the blocks as embed(0);
-        the kept ones as in x. A sample's zeroed tokens are one vector at every block then: kept once (merge_zeroed),
-        unless dropout (each copy draws its own mask) or slot embeddings make them differ. Every block but the last
-        needs all tokens (their outputs are its keys); the last computes u's query alone."""
-        zero = x.new_zeros(self.ln.normalized_shape[0])                                    # (D_in,) a zeroed feature
-        if self.training and self.dropout > 0 or self.pos is not None:
-            x = torch.where(drop[..., None], self.embed(zero[None, None]), x)              # (B, N, D)
-        else:
-            x, mask = merge_zeroed(x, mask, drop, fill=self.embed(zero))                   # (B, K, D), (B, K)
-        x, mask = self.tokens(x, mask)
-        for block in self.blocks[:-1]:
-            x = block(x, mask)
-        return self.blocks[-1](x, mask, last_only=True)[:, 0]
-
+    def pair(self, x, mask, drop):
+        """RS-CL's two adapter passes at once: forward(feats, mask) and forward(feats.masked_fill(drop[..., None], 0),
+        mask)[1], from x = embed(feats) (B, N, D) and drop (B, N) bool -> h (B, N, D), w (B, D), w_tilde (B, D).
+        RS-CL reads only u's output of the cut-off pass: the last block computes it alone (its query attending to
+        every token). A zeroed token enters the blocks as embed(0) and, without dropout (each copy draws its own
+        mask) or slot embeddings, a sample's zeroed tokens are then one vector at every block: both passes run as
+        one packed sequence (attention.cutoff_layout). Its first block reads [x | u | embed(0)]: a kept token enters
+        the cut-off pass as it enters the clean one, so their LayerNorm, keys and values are shared; after it, each
+        pass attends to its own rows (a block-diagonal bias)."""
+        B, N, D = x.shape
+        fill = self.embed(x.new_zeros(1, 1, self.ln.normalized_shape[0]))   # (1, 1 or N, D) a zeroed token's input
+        if self.training and self.dropout > 0 or self.pos is not None:    # the cut-off pass on its own
+            h, w = self(None, mask, x=x)
+            x, mask = self.tokens(torch.where(drop[..., None], fill, x), mask)   # (B, N+1, D)
+            for block in self.blocks[:-1]:
+                x = block(x, mask)
+            return h, w, self.blocks[-1](x, mask, rows=torch.full((B, 1), N, device=x.device))[:, 0]   # u alone
+        rows, clean, cut = cutoff_layout(mask, drop)                       # (B, T2), (B, N+2) x2
+        T1, T2 = N + 1, rows.shape[1]
+        x = torch.cat([self.tokens(x, mask)[0], fill.expand(B, 1, D)], 1)    # (B, N+2, D) the source
+        rows = torch.cat([torch.arange(T1, device=x.device).expand(B, T1), rows], 1)   # (B, T1+T2) the queries
+        bias = torch.cat([clean[:, None].expand(-1, T1, -1), cut[:, None].expand(-1, T2, -1)], 1)
+        inner = bias.new_full((B, T1 + T2, T1 + T2), -math.inf)           # after the first block: block-diagonal
+        inner[:, :T1, :T1], inner[:, T1:, T1:] = clean[:, None, :T1], cut.gather(1, rows[:, T1:])[:, None]
+        for l, block in enumerate(self.blocks):
+            if l == len(self.blocks) - 1:                                  # the clean rows and the cut-off u
+                keep = torch.cat([torch.arange(T1, device=x.device), torch.tensor([T1 + T2 - 1], device=x.device)])
+                rows, bias = (rows[:, keep] if rows is not None else keep.expand(B, -1)), bias[:, keep]
+            x = block(x, bias, rows)                                       # (B, T1+T2 or T1+1, D)
+            rows, bias = None, inner
+        return x[:, :N], x[:, N], x[:, -1]
 
 def masked_mean(x, mask):
     """x (B, N, D), mask (B, N) True = real token -> the mean over real tokens (B, D)."""
@@ -261,14 +277,23 @@ class Policy(nn.Module):
         the trainable vision encoder reads (--train-vision, --dual-encoder: feats are then computed here).
         Returns a dict of scalars: loss_fm, loss_rscl and its diagnostics, loss_align and align_cos."""
         feats, mask, views = self.inputs(feats, mask, views, pixels)    # E' runs inside forward (DDP sees it)
-        e = self.adapter.embed(feats)                                    # (B, N, D) the blocks' token inputs
-        h, w = self.adapter(feats, mask, x=e)                            # (B, N, D), (B, D)
-        # --- flow matching (tau = 0 noise, tau = 1 data) ---
+        # --- the random draws: the flow time and noise (tau = 0 noise, tau = 1 data), then RS-CL's cutoff ---
         B = A.shape[0]
         one = torch.ones((), device=A.device)                            # sampled on the device: no host sync
         u = torch.distributions.Beta(1.5 * one, one).sample((B,))
         tau_fm = (0.999 - u) / 0.999                                     # (B,), skewed towards noise
         x, v_target = flow_path(A, torch.randn_like(A), tau_fm[:, None, None])
+        drop = cutoff_mask(feats, mask, views, cutoff_kind) if rscl != "none" else None   # (B, N) tokens zeroed
+        # --- the adapter; RS-CL's second pass on the cut-off features (no second backbone pass) ---
+        e = self.adapter.embed(feats)                                    # (B, N, D) the blocks' token inputs
+        if drop is not None and rscl_on == "u":                          # on u: only u's output is needed, and
+            h, w, w_tilde = self.adapter.pair(e, mask, drop)             # both passes run as one (B, N, D), (B, D) x2
+        else:
+            h, w = self.adapter(feats, mask, x=e)                        # (B, N, D), (B, D)
+        if drop is not None and rscl_on == "pooled-h":                   # on mean-pooled h: every token's output
+            h_tilde, _ = self.adapter(feats.masked_fill(drop[..., None], 0.0), mask)
+            w, w_tilde = masked_mean(h, mask), masked_mean(h_tilde, mask)   # (B, D) each
+        # --- flow matching ---
         v = self.dit(x, (tau_fm * 1000).long(), h, mask, q)              # (B, H, a)
         out = {"loss_fm": F.mse_loss(v.float(), v_target.float())}
         if teacher is not None:   # --- alignment to a frozen teacher: h at each view's n image tokens, through P ---
@@ -281,13 +306,7 @@ class Policy(nn.Module):
             out["align_cos"] = -out["loss_align"].detach()               # the mean cosine, for the log
         if rscl == "none":
             return out
-        # --- RS-CL: a second adapter pass on cut-off features; no second backbone pass ---
-        drop = cutoff_mask(feats, mask, views, cutoff_kind)              # (B, N) the tokens the cutoff zeroes
-        if rscl_on == "pooled-h":                                        # on mean-pooled h: every token's output
-            h_tilde, _ = self.adapter(feats.masked_fill(drop[..., None], 0.0), mask)
-            w, w_tilde = masked_mean(h, mask), masked_mean(h_tilde, mask)   # (B, D) each
-        else:                                                            # on u: only u's output is needed
-            w_tilde = self.adapter.summary(e, mask, drop)                # (B, D), reusing the first pass's inputs
+        # --- RS-CL: soft InfoNCE between w and w_tilde through the projector ---
         z, z_tilde = self.projector(torch.cat([w, w_tilde])).chunk(2)   # (B, 128) each, one call
         target = {"proprio": q, "action": A[:, 0], "infonce": None}[rscl]   # A[:, 0]: the next action
         W = soft_weights(target, beta, B, z.device, beta_scale)          # (B, B): loss.rscl_loss, W computed once

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from backbone import Backbone
 from data import DemoDataset, collate
 from loss import cutoff, cutoff_mask, rscl_diagnostics, rscl_lambda, rscl_loss, soft_weights, weight_entropy
-from model import Policy, euler, flow_path, make_config, merge_zeroed
+from attention import Block, cutoff_layout
+from model import Policy, euler, flow_path, make_config
 
 CAMS = ["agentview", "frontview", "robot0_eye_in_hand"]
 
@@ -199,29 +200,58 @@ def test_dit_gets_h_without_the_summarization_token(policy, synthetic):
     assert torch.allclose(policy.adapter(feats, mask)[1], x[:, -1], atol=1e-5)
 
 
-def test_summary_equals_the_full_pass_on_cut_off_features(policy, synthetic):
-    # Adapter.summary (the RS-CL second pass) keeps a sample's zeroed tokens once and computes the last
-    # block for u's query alone; its w equals the full pass's on the zeroed features: every cutoff kind,
-    # padding in the mask, a sample with nothing zeroed, eval mode (dropout draws nothing)
+def two_full_passes(adapter, feats, mask, drop):
+    """What Adapter.pair computes, by its definition: the clean pass and the cut-off pass, each in full."""
+    h, w = adapter(feats, mask)
+    return h, w, adapter(feats.masked_fill(drop[..., None], 0.0), mask)[1]
+
+
+@pytest.mark.parametrize("layers, separate", [(2, False), (1, False), (3, False), (2, True)])
+def test_pair_equals_two_full_passes(synthetic, layers, separate):
+    # Adapter.pair (both RS-CL passes as one packed sequence, or the cut-off pass on its own where dropout would
+    # make the zeroed tokens differ) against the definition: every cutoff kind, padding in the mask, a sample with
+    # nothing zeroed, adapters of 1 to 3 blocks; float64, so any slip shows
+    torch.manual_seed(0)
+    policy = Policy(make_config(image_size=32, adapter_layers=layers, adapter_dropout=0.0)).double()
+    policy.adapter.dropout = 0.1 if separate else 0.0    # the separate path's switch; its Dropout layers draw nothing
     b, feats, mask, views, q, A = batch_of(policy, synthetic)
-    mask = mask.clone()
+    feats, mask = feats.double(), mask.clone()
     mask[0, :5] = False
-    policy.eval()
     g = torch.Generator().manual_seed(0)
     for kind in ("view", "token", "span"):
         drop = cutoff_mask(feats, mask, views, kind, ratio=0.3, generator=g)
         drop[1] = False
-        w = policy.adapter.summary(policy.adapter.embed(feats), mask, drop)
-        assert w.shape == (4, policy.adapter.u.shape[0])
-        assert torch.allclose(w, policy.adapter(feats.masked_fill(drop[..., None], 0.0), mask)[1], atol=1e-5, rtol=0)
-    x, m = policy.adapter.tokens(policy.adapter.embed(feats), mask)
-    full = policy.adapter.blocks[-1](x, m)
-    assert torch.allclose(policy.adapter.blocks[-1](x, m, last_only=True)[:, 0], full[:, -1], atol=1e-5, rtol=0)
-    assert not torch.allclose(full[:, -1], x[:, -1], atol=1e-3)  # the block does change u
+        got = policy.adapter.pair(policy.adapter.embed(feats), mask, drop)
+        want = two_full_passes(policy.adapter, feats, mask, drop)
+        assert [t.shape for t in got] == [t.shape for t in want]
+        for a, b_ in zip(got, want):
+            assert torch.allclose(a, b_, atol=1e-6, rtol=0), kind    # log n is a float32 bias: 1e-6, not 1e-12
+        assert not torch.allclose(got[2], got[1], atol=1e-3)       # the cutoff does change w
 
 
-def test_summary_with_slot_embeddings(monkeypatch):
-    # --adapter-pos: a zeroed token's input differs per slot, so the second pass keeps every token (it once
+def test_block_computes_chosen_rows_alone():
+    # Block(rows=...): the outputs at the given positions (repeats allowed), each query with its own mask
+    torch.manual_seed(0)
+    block = Block(16, 2, 0.0).double()
+    x = torch.randn(3, 7, 16, dtype=torch.float64)
+    mask = torch.rand(3, 7) < 0.7
+    mask[:, -1] = True
+    full = block(x, mask)
+    rows = torch.tensor([[6], [0], [3]]).expand(3, 1).contiguous()
+    rows = torch.cat([rows, torch.tensor([[2, 2], [6, 1], [0, 5]])], 1)          # (3, 3)
+    assert torch.allclose(block(x, mask, rows=rows), full.gather(1, rows[..., None].expand(-1, -1, 16)), atol=1e-12)
+    bias = torch.where(mask, 0.0, -math.inf).double()                            # a float bias, one row per query
+    per_query = bias[:, None].expand(3, 3, 7).clone()
+    per_query[:, 1, :] = torch.where(torch.arange(7) == 6, 0.0, -math.inf)       # query 1: u's key alone
+    out = block(x, per_query, rows=rows)
+    assert torch.allclose(out[:, 0], full.gather(1, rows[:, :1, None].expand(-1, -1, 16))[:, 0], atol=1e-12)
+    pair = torch.stack([x.gather(1, rows[:, 1:2, None].expand(-1, -1, 16))[:, 0], x[:, 6]], 1)   # [x_r, x_6]
+    to_u = block(pair, torch.tensor([[False, True]]).expand(3, 2), rows=torch.zeros(3, 1, dtype=torch.long))
+    assert torch.allclose(out[:, 1], to_u[:, 0], atol=1e-12)
+
+
+def test_pair_with_slot_embeddings(monkeypatch):
+    # --adapter-pos: a zeroed token's input differs per slot, so the cut-off pass runs on its own (it once
     # failed here with a shape error: RS-CL with --adapter-pos at dropout 0, main.sh's setting)
     monkeypatch.setenv("RSCL_CPU_BF16", "0")
     torch.manual_seed(0)
@@ -230,30 +260,31 @@ def test_summary_with_slot_embeddings(monkeypatch):
                                 adapter_dropout=0.0), backbone=backbone).eval()
     feats, mask, views = backbone(torch.randint(0, 255, (3, 2, 28, 28, 3), dtype=torch.uint8), [""] * 3)
     drop = cutoff_mask(feats, mask, views, "view")
-    w = policy.adapter.summary(policy.adapter.embed(feats), mask, drop)
-    assert torch.allclose(w, policy.adapter(feats.masked_fill(drop[..., None], 0.0), mask)[1], atol=1e-5, rtol=0)
+    got = policy.adapter.pair(policy.adapter.embed(feats), mask, drop)
+    for a, b_ in zip(got, two_full_passes(policy.adapter, feats, mask, drop)):
+        assert torch.allclose(a, b_, atol=1e-5, rtol=0)
     out = policy.train()(feats, mask, views, torch.rand(3, 10), torch.rand(3, 16, 7), rscl="proprio")
     assert torch.isfinite(out["loss_rscl"])
 
 
-def test_merge_zeroed_keeps_one_zero_token_per_sample():
-    feats = torch.arange(2 * 6 * 3, dtype=torch.float32).view(2, 6, 3) + 1
+def test_cutoff_layout_keeps_one_fill_per_sample():
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     drop = torch.tensor([[0, 1, 1, 0, 0, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)  # 2 and 3 zeroed real tokens
-    f, bias = merge_zeroed(feats, mask, drop)
-    assert f.shape == (2, 5, 3)                                       # K = 6 - 2 + 1
-    assert torch.equal(f[0, :4], feats[0, [0, 3, 4, 5]]) and torch.equal(f[0, 4], torch.zeros(3))
-    assert torch.equal(f[1, :3], feats[1, 3:]) and torch.equal(f[1, 3:], torch.zeros(2, 3))
+    rows, clean, cut = cutoff_layout(mask, drop)
+    # source rows: tokens 0..5, u = 6, the fill = 7; T2 = 6 - 2 + 2: the kept tokens, the fill, unused, u
+    assert torch.equal(rows, torch.tensor([[0, 3, 4, 5, 7, 6], [3, 4, 5, 7, 1, 6]]))
     inf = float("-inf")
-    assert torch.allclose(bias, torch.tensor([[0, 0, 0, inf, math.log(2)], [0, 0, 0, math.log(3), inf]]))
-    fill = torch.tensor([7.0, 8.0, 9.0])                              # what a dropped token becomes: any vector
-    f2, bias2 = merge_zeroed(feats, mask, drop, fill=fill)
-    assert torch.equal(f2[0, :4], f[0, :4]) and torch.equal(f2[0, 4], fill) and torch.equal(f2[1, 3:], fill.expand(2, 3))
-    assert torch.equal(bias2, bias)
+    assert torch.equal(clean, torch.tensor([[0, 0, 0, 0, 0, inf, 0, inf], [0, 0, 0, 0, 0, 0, 0, inf]]))
+    assert torch.allclose(cut, torch.tensor([[0, inf, inf, 0, 0, inf, 0, math.log(2)],
+                                             [inf, inf, inf, 0, 0, 0, 0, math.log(3)]]))
+    own = cut.gather(1, rows)   # the cut-off pass's bias over its own rows: padding and unused masked, u attended
+    assert torch.allclose(own, torch.tensor([[0, 0, 0, inf, math.log(2), 0], [0, 0, 0, math.log(3), inf, 0]]))
+    _, _, none = cutoff_layout(mask, torch.zeros_like(drop))   # nothing zeroed: no fill key
+    assert none[:, -1].eq(inf).all()
 
 
 def test_math_attention_is_sdpa_for_every_mask_kind():
-    # the CPU path (attention.math_attention) against torch's SDPA: no mask, a bool mask, merge_zeroed's float bias
+    # the CPU path (attention.math_attention) against torch's SDPA: no mask, a bool mask, cutoff_layout's float bias
     from attention import math_attention
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 2, T, 8, dtype=torch.float64, requires_grad=True) for T in (5, 7, 7))
@@ -277,10 +308,9 @@ def test_rscl_losses_equal_the_two_pass_code(synthetic, rscl, cut, dropout, trai
     b, feats, mask, views, q, A = batch_of(policy, synthetic)
     policy.train(train)
     results = []
-    for second_pass in ("summary", "two-pass"):
+    for second_pass in ("pair", "two-pass"):
         if second_pass == "two-pass":
-            full = type(policy.adapter).forward
-            policy.adapter.summary = lambda x, m, d: full(policy.adapter, feats.masked_fill(d[..., None], 0.0), m)[1]
+            policy.adapter.pair = lambda x, m, d: two_full_passes(policy.adapter, feats, m, d)
         torch.manual_seed(1)
         out = policy(feats, mask, views, q, A, rscl=rscl, cutoff_kind=cut)
         (out["loss_fm"] + out["loss_rscl"]).backward()
