@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--backbone", "tiny", "--views", "2", "--image-size", "32", "--batch-size", "2", "--warmup", "1", "--iters", "3"]
+TINY = ["--backbone", "tiny", "--views", "2", "--image-size", "32", "--batch-size", "2", "--warmup", "1", "--iters", "3", "--paired-iters", "3"]
 
 
 def run(*flags):
