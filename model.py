@@ -130,7 +130,7 @@ class Adapter(nn.Module):
         mask) or slot embeddings, a sample's zeroed tokens are then one vector at every block: both passes run as
         one packed sequence (attention.cutoff_layout). Its first block reads [x | u | embed(0)]: a kept token enters
         the cut-off pass as it enters the clean one, so their LayerNorm, keys and values are shared; after it, each
-        pass attends to its own rows (a block-diagonal bias)."""
+        pass attends to its own rows (a block-diagonal bias). Equal to the two passes (tests/test_policy.py), faster."""
         B, N, D = x.shape
         fill = self.embed(x.new_zeros(1, 1, self.ln.normalized_shape[0]))   # (1, 1 or N, D) a zeroed token's input
         if self.training and self.dropout > 0 or self.pos is not None:    # the cut-off pass on its own
@@ -153,6 +153,7 @@ class Adapter(nn.Module):
             x = block(x, bias, rows)                                       # (B, T1+T2 or T1+1, D)
             rows, bias = None, inner
         return x[:, :N], x[:, N], x[:, -1]
+
 
 def masked_mean(x, mask):
     """x (B, N, D), mask (B, N) True = real token -> the mean over real tokens (B, D)."""
