@@ -26,10 +26,8 @@ class Attention(nn.Module):
         kv = x if kv is None else kv
         q = self.q(x).view(B, T, self.heads, -1).transpose(1, 2)                # (B, nh, T, hd)
         k, v = self.kv(kv).view(B, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, nh, S, hd)
-        if kv_mask is not None:   # (B, S) one mask for every query, or (B, T, S) one per query
-            mask = kv_mask[:, None, None, :] if kv_mask.dim() == 2 else kv_mask[:, None]   # (B, 1, 1 or T, S)
-        else:
-            mask = None                                                         # True = attend, or a float bias
+        mask = kv_mask if kv_mask is None or kv_mask.dim() == 3 else kv_mask[:, None]   # (B, S) for every query
+        mask = None if mask is None else mask[:, None]                          # (B, 1, 1 or T, S): True = attend
         if mask is not None and mask.is_floating_point():                       # or a bias added to the logits
             mask = mask.to(q.dtype)
         if q.device.type == "cpu" and q.dtype == torch.bfloat16 and (self.dropout == 0 or not self.training):

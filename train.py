@@ -151,6 +151,8 @@ def check_args(a):
         die("pass --train-vision (the copy replaces the frozen encoder) or --dual-encoder (both), not both")
     if a.vision_lr is not None and not trainable or not 0 <= (a.vision_lr or 0) <= 1e30:
         die(f"--vision-lr {a.vision_lr}: give a value >= 0 together with --train-vision or --dual-encoder")
+    if a.cache_features and a.augment:
+        die("--cache-features cannot be used with --augment: augmented images give new features at every step")
     if trainable and a.cache_features:
         die(f"--cache-features cannot be used with {trainable}: its features change at every step; drop --cache-features")
     a.vision_lr = (a.lr / 10 if a.vision_lr is None else a.vision_lr) if trainable else None   # the default, resolved
@@ -208,21 +210,14 @@ def main():
                           horizon=args.horizon, state_dim=train_ds.q[0].shape[1], align_dim=teacher.dim if teacher else 0,
                           vision="train" if args.train_vision else "dual" if args.dual_encoder else "frozen")
         policy = Policy(cfg, backbone=backbone, device=device)
+        if args.resume:
+            policy.load_trainable(ckpt["model"])
     except (WeightsNotFound, ValueError) as e:
         die(str(e))
-    if args.resume:
-        try:
-            policy.load_trainable(ckpt["model"])
-        except ValueError as e:
-            die(str(e))
-    else:
+    if not args.resume:
         policy.set_stats(train_ds.stats())   # min-max statistics, computed once, carried in the checkpoint
     train_src, val_src = train_ds, val_ds
-    if args.cache_features:
-        if args.augment:
-            die("--cache-features cannot be used with --augment: augmented images give new features at every step")
-        if any(p.requires_grad for p in policy.backbone.parameters()):
-            die("--cache-features needs a frozen backbone: its features must not change during training")
+    if args.cache_features:   # the backbone is frozen (backbone.py), so its features can be computed once
         other = teacher if teacher is not backbone else None   # a teacher of its own: cached beside the backbone
         train_src = build_cache(policy.backbone, train_ds, args.cache_dir, "train", args.batch_size, other)
         val_src = build_cache(policy.backbone, val_ds, args.cache_dir, "val", args.batch_size, other)
