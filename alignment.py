@@ -61,7 +61,8 @@ def targets(ds, idx, stats):
     a_min, a_max), then L2-normalised per row."""
     def scale(x, name):
         lo, hi = (np.asarray(stats[f"{name}_{m}"], np.float64) for m in ("min", "max"))
-        return 2 * (x - lo) / np.maximum(hi - lo, 1e-6) - 1          # the policy's normalize()
+        flat = hi - lo < 1e-6                                          # the policy's normalize(): a constant
+        return np.where(flat, x - lo, 2 * (x - lo) / np.maximum(hi - lo, 1e-6) - 1)   # dimension -> x - v
     q = np.stack([ds.q[ds.index[i][0]][ds.index[i][1]] for i in idx])  # (N, 10)
     A = np.stack([ds.chunk(*ds.index[i]) for i in idx])               # (N, H, a)
     A = scale(A, "a")

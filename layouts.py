@@ -173,14 +173,13 @@ def make_q(read, keys, orientation, where):
 
 def minmax_stats(q, a):
     """Min-max statistics of q (S, d) and actions (S, a) as plain lists. A dimension that never changes
-    (max - min < 1e-6, e.g. a fixed joint or the rotation of a robot that never turns) gets the range
-    [v - 1, v + 1] instead: it normalises to 0 (not -1), nothing divides by ~0, and a test-time value off v moves
-    by its raw difference instead of being blown up."""
+    (max - min < 1e-6: a fixed joint, or the rotation of a robot that never turns) keeps min == max; the policy then
+    normalises it to x - v (0 on the training data, nothing divides by ~0, a test-time value off v moves by its raw
+    difference) and un-normalises an action dimension to exactly v, whatever the decoder outputs (Policy.unnormalize)."""
     out = {}
     for name, x in (("q", q), ("a", a)):
         lo, hi = x.min(0).astype(np.float64), x.max(0).astype(np.float64)
-        flat = hi - lo < 1e-6
-        lo[flat], hi[flat] = lo[flat] - 1, hi[flat] + 1
+        hi[hi - lo < 1e-6] = lo[hi - lo < 1e-6]
         out[f"{name}_min"], out[f"{name}_max"] = lo.tolist(), hi.tolist()
     return out
 

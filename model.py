@@ -259,12 +259,17 @@ class Policy(nn.Module):
             getattr(self, k).copy_(torch.as_tensor(stats[k], dtype=torch.float32))
 
     def normalize(self, x, name):
+        """x (..., d) raw -> [-1, 1] over the training range; a constant dimension (min == max) -> x - v."""
         lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
-        return 2 * (x - lo) / (hi - lo).clamp_min(1e-6) - 1
+        flat = hi - lo < 1e-6
+        return torch.where(flat, x - lo, 2 * (x - lo) / (hi - lo).clamp_min(1e-6) - 1)
 
     def unnormalize(self, x, name):
+        """The inverse of normalize, except that a dimension constant in the training data comes out as exactly its
+        constant v: the decoder's error there never reaches the robot (Lift's expert never turns about x or y)."""
         lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
-        return (x + 1) / 2 * (hi - lo).clamp_min(1e-6) + lo
+        flat = hi - lo < 1e-6
+        return torch.where(flat, lo.expand_as(x), (x + 1) / 2 * (hi - lo).clamp_min(1e-6) + lo)
 
     # --- the training objective ---
     def forward(self, feats, mask, views, q, A, rscl="none", cutoff_kind="view", beta=1.0, tau=0.2, beta_scale="none",

@@ -241,11 +241,14 @@ def test_constant_dimensions_normalise_to_zero_without_dividing_by_zero():
     q = np.random.default_rng(0).normal(size=(50, 10)).astype(np.float32)
     q[:, 3:9] = [1, 0, 0, 0, 1, 0]          # a robot that never turns: the 6D rotation is constant
     st = minmax_stats(q, np.zeros((50, 2), np.float32))
-    assert st["q_min"][3] == 0 and st["q_max"][3] == 2 and st["a_min"] == [-1, -1] and st["a_max"] == [1, 1]
+    assert st["q_min"][3] == 1 and st["q_max"][3] == 1 and st["a_min"] == [0, 0] and st["a_max"] == [0, 0]
     buf = type("Stats", (), {k: torch.tensor(v) for k, v in st.items()})()
     x = Policy.normalize(buf, torch.tensor(q), "q")
     assert torch.isfinite(x).all() and torch.all(x[:, 3:9] == 0)
     assert torch.allclose(x[:, :3].amin(0), torch.tensor(-1.0)) and torch.allclose(x[:, :3].amax(0), torch.tensor(1.0))
+    off = torch.tensor(q[:1]).clone()
+    off[0, 3] = 1.25                         # a test-time value off the constant moves by its raw difference
+    assert abs(float(Policy.normalize(buf, off, "q")[0, 3]) - 0.25) < 1e-6
 
 
 # --- train.py a few steps from each layout ---

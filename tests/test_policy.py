@@ -372,3 +372,34 @@ def test_checkpoint_round_trip(policy, synthetic, tmp_path):
     other = Policy(make_config(image_size=32, size="tiny", dit_width=64), backbone=policy.backbone)
     with pytest.raises(ValueError, match="does not fit"):
         other.load_trainable(torch.load(tmp_path / "c.pt")["model"])
+
+
+# --- constant action dimensions ---
+
+def test_a_constant_action_dimension_comes_out_as_its_constant_through_predict():
+    torch.manual_seed(3)
+    policy = Policy(make_config(image_size=32, horizon=4, action_dim=7, state_dim=10)).eval()
+    for p in policy.dit.parameters():                  # a decoder that outputs anything but zero velocity
+        torch.nn.init.normal_(p, std=0.5)
+    A = torch.rand(30, 7) * 2 - 1
+    A[:, 3], A[:, 4] = 0.0, 0.25                        # dax = 0, day = 0.25 in every demo (Lift: dax = day = 0)
+    q = torch.rand(30, 10)
+    from layouts import minmax_stats
+    policy.set_stats(minmax_stats(q.numpy(), A.numpy()))
+    images = torch.randint(0, 255, (3, 3, 32, 32, 3), dtype=torch.uint8)
+    out = policy.predict(images, q[:3], ["lift the cube"] * 3)      # (3, H, 7)
+    assert torch.all(out[..., 3] == 0.0) and torch.all(out[..., 4] == 0.25)
+    free = out[..., [0, 1, 2, 5, 6]]
+    assert free.std() > 0.05 and torch.isfinite(free).all()         # the other dimensions are the decoder's
+    assert policy.normalize(A, "a")[:, 3:5].abs().max() == 0        # trained towards 0: the same as before
+
+
+def test_one_demo_one_sample_stats_divide_by_nothing():
+    from layouts import minmax_stats
+    torch.manual_seed(4)
+    policy = Policy(make_config(image_size=32, horizon=4, action_dim=7, state_dim=10)).eval()
+    q, A = torch.rand(1, 10), torch.rand(1, 7)          # a file with a single sample: every dimension constant
+    policy.set_stats(minmax_stats(q.numpy(), A.numpy()))
+    assert torch.all(policy.normalize(q, "q") == 0)
+    out = policy.predict(torch.zeros(2, 3, 32, 32, 3, dtype=torch.uint8), q.repeat(2, 1), ["x"] * 2)
+    assert torch.equal(out, A.expand(2, 4, 7))
