@@ -3,6 +3,13 @@ Closed-loop evaluation in robosuite: predict a chunk of H actions, execute the f
 
     python evaluate.py runs/tiny-rscl/ckpt.pt --tasks lift --episodes 20
     python evaluate.py CKPT --tasks lift,can,stack --episodes 50 --appearance unseen   # held-out looks
+    python evaluate.py expert --tasks lift --episodes 50 --out runs/references/expert-seen   # the ceiling
+    python evaluate.py blind --tasks lift --episodes 50 --out runs/references/blind-seen     # the floor
+
+References (no checkpoint, the same episodes and loop): `expert` is sim.py's scripted expert, the ceiling; `blind`
+is the same script aimed at the mean object pose of the collection episodes, which never looks: the floor. A
+privileged checkpoint (q also holds the simulator's object state, trained with --orientation raw --proprio-keys
+robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos,object) gets that same q here: the policy under perfect perception.
 
 Episodes run in worker processes (one env each); the policy runs here, batched across the envs.
 Evaluation seeds are fixed and disjoint from the collection seeds (sim.episode_seed). Success is
@@ -26,6 +33,8 @@ from tqdm import tqdm
 import sim
 from layouts import run_layout
 from model import Policy
+from experts import Expert, blind_waypoints, mean_object_pose
+from layouts import DataError
 from runfolder import swap_in
 from stats import wilson
 
@@ -37,7 +46,8 @@ def die(msg, code=2):
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.error = lambda msg: die(f"{msg}: see python evaluate.py --help")   # argparse's errors in the house form
-p.add_argument("ckpt")
+REFERENCES = ("expert", "blind")
+p.add_argument("ckpt", help="a checkpoint, or a reference: expert (the ceiling) or blind (the floor)")
 p.add_argument("--tasks", default="lift")
 p.add_argument("--episodes", type=int, default=10, help="episodes per task")
 p.add_argument("--appearance", default="seen", choices=["seen", "unseen", "none"],
@@ -69,8 +79,9 @@ def check_args(a):
 # -----------------------------------------------------------------------------
 # a worker owns one env; it answers ("reset", task, seed, appearance) and ("step", actions)
 
-def worker(conn, cameras, image_size):
-    envs = {}
+def worker(conn, cameras, image_size, reference=None):
+    """reference None: the main process sends the actions; expert or blind: the worker computes them here."""
+    envs, agent = {}, None
     while True:
         msg = conn.recv()
         if msg[0] == "close":
@@ -81,13 +92,21 @@ def worker(conn, cameras, image_size):
                 envs[task] = sim.make_env(task, image_size=image_size, cameras=cameras)
             env = envs[task]
             obs = sim.reset(env, seed, appearance)
+            if reference:   # a fresh script per episode; the blind one aims at the mean pose (computed once per env)
+                waypoints = sim.TASKS[task]["expert"]
+                if reference == "blind":
+                    if not hasattr(env, "mean_pose"):
+                        env.mean_pose = mean_object_pose(env, lambda e, i: sim.reset(e, sim.episode_seed("collect", task, i)))
+                        obs = sim.reset(env, seed, appearance)
+                    waypoints = blind_waypoints(waypoints, env.mean_pose)
+                agent = Expert(env, waypoints)
             frames = [sim.observation(obs, cameras)["images"]]
             conn.send((sim.observation(obs, cameras), False, frames, 0))
         else:   # execute a chunk of actions, stop early on success
             _, actions = msg
             frames, success, n = [], False, 0
-            for a in actions:
-                obs, _, _, _ = env.step(np.clip(a, -1, 1))
+            for a in actions if agent is None else range(actions):   # a reference: `actions` is a count
+                obs, _, _, _ = env.step(np.clip(a if agent is None else agent.act(obs), -1, 1))
                 n += 1
                 frames.append(sim.observation(obs, cameras)["images"])
                 if env._check_success():
@@ -96,6 +115,43 @@ def worker(conn, cameras, image_size):
             conn.send((sim.observation(obs, cameras), success, frames, n))
     for env in envs.values():
         env.close()
+
+
+def load_policy(path, device, tasks):
+    """The checkpoint's policy, and state_q(obs, task) -> q (d,) built the way its training data was read: sim.py's
+    10-D q, or (privileged) the raw proprio keys and the object state. One clear line when the simulator cannot
+    give that q."""
+    try:
+        policy = Policy.from_checkpoint(path, device=device)
+    except Exception as e:
+        die(str(e))
+    cfg = policy.cfg
+    if args.execute > cfg.horizon:
+        die(f"--execute {args.execute} is more than the checkpoint's chunk of {cfg.horizon} actions: give 1 to {cfg.horizon}")
+    missing = [c for c in cfg.cameras if c not in sim.CAMERAS]
+    if missing or cfg.action_dim != sim.ACTION_DIM:
+        die(f"checkpoint does not match the simulator: it reads cameras {cfg.cameras} and writes {cfg.action_dim}-D "
+            f"actions; sim.py offers cameras {list(sim.CAMERAS)} and {sim.ACTION_DIM}-D actions")
+    r = run_layout(policy.train_config)   # how its training data was read
+    keys, offered = r["proprio_keys"].split(","), (*sim.PROPRIO_KEYS, "object")
+    if r["image_flip"] != "none" or any(k not in offered for k in keys) or r["orientation"] not in ("quat_xyzw", "raw"):
+        die(f"checkpoint {path} was trained on data read with --orientation {r['orientation']}, --proprio-keys "
+            f"{r['proprio_keys']}, --image-flip {r['image_flip']}; the simulator gives upright frames and q from "
+            f"{', '.join(offered)} (quat_xyzw or raw): evaluate a run trained on sim.py's demos with their layout")
+
+    state_q = lambda obs, task: sim.state_q(obs["raw"], keys, r["orientation"])   # (d,)
+    for task in tasks if "object" in keys else ():   # the object state's width depends on the task: check it first
+        env = sim.make_env(task, cameras=())
+        try:
+            q = state_q(sim.observation(sim.reset(env, sim.episode_seed("eval", task, 0))), task)
+        except (KeyError, DataError) as e:
+            die(f"the simulator cannot give {task}'s q as checkpoint {path} reads it ({e}): evaluate it on its own task")
+        finally:
+            env.close()
+        if q.shape[0] != cfg.state_dim:
+            die(f"checkpoint {path} reads a {cfg.state_dim}-D q, but {task}'s {r['proprio_keys']} is {q.shape[0]}-D here "
+                f"(the object state differs between tasks): evaluate a privileged policy on the task it was trained on")
+    return policy, state_q
 
 
 def save_gif(frames, path, fps=20):
@@ -114,7 +170,10 @@ def main():
         die(f"--tasks {args.tasks} names a task twice: name each once")
     if problem := check_args(args):
         die(problem)
-    out = os.path.normpath(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.appearance}"))
+    reference = args.ckpt if args.ckpt in REFERENCES and not os.path.exists(args.ckpt) else None
+    default = os.path.join("runs", "references", f"{reference}-{args.appearance}") if reference else \
+        os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.appearance}")
+    out = os.path.normpath(args.out or default)
     if os.path.realpath(args.ckpt).startswith(os.path.realpath(out) + os.sep):
         die(f"--out {out} holds the checkpoint {args.ckpt}: name a folder of its own for the results")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out) and not args.overwrite):
@@ -123,22 +182,11 @@ def main():
     if os.path.isdir(out) and os.listdir(out) and "results.json" not in os.listdir(out):
         die(f"--overwrite would delete {out}, which holds no results.json (not an evaluation's folder): choose another --out")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        policy = Policy.from_checkpoint(args.ckpt, device=device)
-    except Exception as e:
-        die(str(e))
-    cfg = policy.cfg
-    if args.execute > cfg.horizon:
-        die(f"--execute {args.execute} is more than the checkpoint's chunk of {cfg.horizon} actions: give 1 to {cfg.horizon}")
-    missing = [c for c in cfg.cameras if c not in sim.CAMERAS]
-    if missing or cfg.action_dim != sim.ACTION_DIM:
-        die(f"checkpoint does not match the simulator: it reads cameras {cfg.cameras} and writes {cfg.action_dim}-D "
-            f"actions; sim.py offers cameras {list(sim.CAMERAS)} and {sim.ACTION_DIM}-D actions")
-    r = run_layout(policy.train_config)   # how its training data was read
-    if (r["orientation"], r["proprio_keys"], r["image_flip"]) != ("quat_xyzw", ",".join(sim.PROPRIO_KEYS), "none"):
-        die(f"checkpoint {args.ckpt} was trained on data read with --orientation {r['orientation']}, --proprio-keys "
-            f"{r['proprio_keys']}, --image-flip {r['image_flip']}; the simulator gives upright frames and q from "
-            f"{', '.join(sim.PROPRIO_KEYS)} (xyzw): evaluate a run trained on sim.py's demos with their layout")
+    if reference:   # no policy: cameras only for the GIFs
+        policy, cameras, image_size, state_q = None, ("agentview", "robot0_eye_in_hand") if args.videos else (), 128, None
+    else:
+        policy, state_q = load_policy(args.ckpt, device, tasks)
+        cameras, image_size = policy.cfg.cameras, policy.cfg.image_size
     sim.check_gl()   # one clear line if no offscreen GL backend works
     torch.manual_seed(args.seed)
 
@@ -148,7 +196,7 @@ def main():
     pipes = []
     for _ in range(n_workers):
         a, b = ctx.Pipe()
-        ctx.Process(target=worker, args=(b, cfg.cameras, cfg.image_size), daemon=True).start()
+        ctx.Process(target=worker, args=(b, cameras, image_size, reference), daemon=True).start()
         pipes.append(a)
 
     results = {t: [] for t in tasks}
@@ -170,12 +218,16 @@ def main():
         start(w)
     while state:
         ws = sorted(state)
-        images = torch.from_numpy(np.stack([state[w]["obs"]["images"] for w in ws]))
-        q = torch.from_numpy(np.stack([state[w]["obs"]["q"] for w in ws]))
-        instructions = [sim.TASKS[state[w]["job"][0]]["instruction"] for w in ws]
-        chunks = policy.predict(images, q, instructions, noise=args.init_noise).cpu().numpy()   # (n, H, a)
-        for w, chunk in zip(ws, chunks):
-            pipes[w].send(("step", chunk[:args.execute]))
+        if policy is None:   # a reference acts in its worker, args.execute steps at a time
+            for w in ws:
+                pipes[w].send(("step", args.execute))
+        else:
+            images = torch.from_numpy(np.stack([state[w]["obs"]["images"] for w in ws]))
+            q = torch.from_numpy(np.stack([state_q(state[w]["obs"], state[w]["job"][0]) for w in ws]))
+            instructions = [sim.TASKS[state[w]["job"][0]]["instruction"] for w in ws]
+            chunks = policy.predict(images, q, instructions, noise=args.init_noise).cpu().numpy()   # (n, H, a)
+            for w, chunk in zip(ws, chunks):
+                pipes[w].send(("step", chunk[:args.execute]))
         for w in ws:
             obs, success, frames, n = pipes[w].recv()
             s = state[w]
@@ -208,7 +260,7 @@ def main():
     try:   # then takes out's place: never a mix of two evaluations
         for name, frames in videos.items():
             save_gif(frames, os.path.join(tmp, f"{name}.gif"))
-        report = dict(ckpt=os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute, init_noise=args.init_noise,
+        report = dict(ckpt=reference or os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute, init_noise=args.init_noise,
                       horizon=args.horizon, summary=summary, episodes=results, seconds=time.time() - t0)
         with open(os.path.join(tmp, "results.json"), "w") as f:
             json.dump(report, f, indent=1)

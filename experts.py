@@ -4,6 +4,10 @@ from the object poses in the observation. Each succeeds in every one of 25 seede
 (`python sim.py --tasks lift,can,stack --episodes 25 --measure-experts`).
 
     expert = Expert(env, lift_waypoints); action = expert.act(obs)
+    blind = Expert(env, blind_waypoints(lift_waypoints, mean_object_pose(env, reset)))   # the floor: never looks
+
+The two are evaluate.py's references: the expert is the ceiling of every learned policy; the blind grasp, the same
+script aimed at the mean object pose of the collection episodes, is the floor that needs no perception at all.
 """
 import numpy as np
 
@@ -25,6 +29,20 @@ def can_waypoints(env, obs):
 
 def stack_waypoints(env, obs):
     return obs["cubeA_pos"], yaw_of(obs["cubeA_quat"]), obs["cubeB_pos"] + [0, 0, 0.055], True
+
+
+def mean_object_pose(env, reset, n=20):
+    """The object keys of the observation (*_pos, *_quat of the task's objects) averaged over the first n collection
+    episodes' initial states: {key: array}. Orientations are not averaged (a mean of uniform yaws means nothing): a
+    blind grasp keeps one fixed orientation, the identity. reset(env, i) -> obs of collection episode i."""
+    keys = [k for k in reset(env, 0) if k.endswith(("_pos", "_quat")) and not k.startswith(("robot0_", "gripper_to"))]
+    poses = [reset(env, i) for i in range(n)]
+    return {k: (np.array([0.0, 0, 0, 1]) if k.endswith("_quat") else np.mean([o[k] for o in poses], 0)) for k in keys}
+
+
+def blind_waypoints(waypoints, mean_pose):
+    """The same waypoints with every object pose replaced by the fixed mean pose: a policy that never looks."""
+    return lambda env, obs: waypoints(env, {**obs, **mean_pose})
 
 
 class Expert:

@@ -145,12 +145,22 @@ def reset(env, seed, look=None):
 def observation(obs, cameras=CAMERAS):
     """robosuite obs -> what the policy reads: images (V, H, W, 3) uint8 top row up (None without cameras),
     q (10,) float32 (eef xyz, 6D rotation = first two columns of R, gripper opening qpos[0] - qpos[1]),
-    and raw, the proprio keys as robosuite gives them (for storage)."""
+    and raw, the proprio keys as robosuite gives them (for storage) and "object", the object poses (robosuite's
+    object-state: for Lift cube_pos, cube_quat, gripper_to_cube_pos), which q of a privileged policy appends."""
     from data import proprio_10d   # here, not at the top: data.py imports torch, and `import sim` stays cheap
     raw = {k: np.asarray(obs[k]) for k in PROPRIO_KEYS}
+    if "object-state" in obs:
+        raw["object"] = np.asarray(obs["object-state"])
     q = proprio_10d(raw[PROPRIO_KEYS[0]][None], raw[PROPRIO_KEYS[1]][None], raw[PROPRIO_KEYS[2]][None])[0]
     images = np.stack([obs[f"{c}_image"] for c in cameras]) if cameras and f"{cameras[0]}_image" in obs else None
     return dict(images=images, q=q, raw=raw)
+
+
+def state_q(raw, keys, orientation):
+    """q (d,) as a run trained on sim.py's demos with --proprio-keys keys and --orientation reads it: raw is
+    observation()'s raw dict (robosuite's keys, and "object" for the object state a privileged policy appends)."""
+    from layouts import make_q
+    return make_q(lambda k: np.asarray(raw[k])[None], keys, orientation, "the simulator")[0]
 
 
 def episode_seed(split, task, i):

@@ -189,3 +189,67 @@ def test_dart_noise_perturbs_the_executed_actions_and_records_the_experts():
     expected = np.clip((cube + [0, 0, 0.10] - eef) / 0.05 * 1.5, -1, 1)     # phase 0: above the cube
     assert np.allclose(noisy[3]["action"][:3], expected, atol=1e-6)
     env.close()
+
+
+# --- the references and the privileged policy (the ladder: blind floor, privileged policy, expert ceiling) ---
+
+PRIVILEGED = ["--orientation", "raw", "--proprio-keys", "robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos,object"]
+
+
+@needs_gl
+def test_privileged_q_is_the_same_in_training_and_in_evaluation(tmp_path):
+    """The q evaluate.py builds from a live observation (sim.state_q) is the q data.py reads from the stored demo."""
+    from data import DemoDataset
+    out = tmp_path / "demos.hdf5"
+    assert collector("--tasks", "lift", "--episodes", "1", "--out", str(out), "--image-size", "32").returncode == 0
+    ds = DemoDataset(str(out), ["agentview"], horizon=4, split="all", orientation="raw", proprio_keys=PRIVILEGED[-1].split(","))
+    env = sim.make_env("lift", image_size=32, cameras=())
+    with h5py.File(out) as f:
+        g = f["data/demo_0"]
+        obs = sim.reset(env, int(g.attrs["seed"]), json.loads(g.attrs["appearance"]))
+    env.close()
+    raw = sim.observation(obs, [])["raw"]
+    q = sim.state_q(raw, PRIVILEGED[-1].split(","), "raw")
+    assert q.shape == (3 + 4 + 2 + 10,)   # eef xyz, eef quat, fingers, then the cube: pos, quat, gripper-to-cube
+    assert np.allclose(q, ds.q[0][0], atol=1e-6)
+    assert np.allclose(q[9:12], obs["cube_pos"]) and np.allclose(q[-3:], obs["gripper_to_cube_pos"])
+    assert np.allclose(sim.state_q(raw, list(sim.PROPRIO_KEYS), "quat_xyzw"), sim.observation(obs, [])["q"])
+
+
+def evaluate(*args, timeout=300):
+    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@needs_gl
+def test_references_run_on_the_evaluation_episodes(tmp_path):
+    """expert: the ceiling, every episode; blind: the expert's script at the mean cube pose, never looking."""
+    for ref in ("expert", "blind"):
+        r = evaluate(ref, "--episodes", "2", "--videos", "0", "--workers", "1", "--out", str(tmp_path / ref))
+        assert r.returncode == 0, r.stderr
+        res = json.load(open(tmp_path / ref / "results.json"))
+        assert res["ckpt"] == ref and res["summary"]["lift"]["episodes"] == 2
+        assert [e["seed"] for e in res["episodes"]["lift"]] == [sim.episode_seed("eval", "lift", i) for i in range(2)]
+    assert json.load(open(tmp_path / "expert" / "results.json"))["summary"]["lift"]["successes"] == 2
+    blind = json.load(open(tmp_path / "blind" / "results.json"))["episodes"]["lift"]
+    expert = json.load(open(tmp_path / "expert" / "results.json"))["episodes"]["lift"]
+    assert any(b["steps"] != e["steps"] for b, e in zip(blind, expert))   # it is not the expert
+
+
+@needs_gl
+def test_a_privileged_checkpoint_is_evaluated_with_its_q_and_refused_where_the_q_differs(tmp_path):
+    out = tmp_path / "demos.hdf5"
+    assert collector("--tasks", "lift", "--episodes", "2", "--out", str(out), "--image-size", "32").returncode == 0
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "train.py", "--data", str(out), "--max-iters", "2", "--batch-size", "4",
+                        "--out", str(run), *PRIVILEGED], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = evaluate(str(run / "ckpt.pt"), "--episodes", "1", "--horizon", "8", "--workers", "1", "--videos", "0",
+                 "--out", str(tmp_path / "ev"))
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(tmp_path / "ev" / "results.json"))["episodes"]["lift"][0]["steps"] >= 8
+    # PickPlaceCan's object state is not Lift's: the checkpoint's q cannot be built there
+    r = evaluate(str(run / "ckpt.pt"), "--tasks", "can", "--episodes", "1", "--horizon", "8", "--workers", "1",
+                 "--videos", "0", "--out", str(tmp_path / "ev-can"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "privileged" in lines[-1] and "19-D" in lines[-1], r.stderr
+    assert not (tmp_path / "ev-can").exists()
