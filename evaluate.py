@@ -60,6 +60,8 @@ p.add_argument("--workers", type=int, default=2, help="env worker processes")
 p.add_argument("--videos", type=int, default=2, help="episodes saved as GIF (first ones of each task)")
 p.add_argument("--out", default="", help="output folder (default: next to the checkpoint, eval-<appearance>)")
 p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (only once all is written)")
+p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],
+               help="the checkpoint's EMA weights (train.py --ema) or its raw ones; auto: EMA where saved")
 p.add_argument("--device", default="auto")
 p.add_argument("--seed", type=int, default=0, help="seed of the policy's noise")
 args = p.parse_args()
@@ -122,7 +124,7 @@ def load_policy(path, device, tasks):
     10-D q, or (privileged) the raw proprio keys and the object state. One clear line when the simulator cannot
     give that q."""
     try:
-        policy = Policy.from_checkpoint(path, device=device)
+        policy = Policy.from_checkpoint(path, device=device, weights=args.weights)
     except Exception as e:
         die(str(e))
     cfg = policy.cfg
@@ -261,6 +263,7 @@ def main():
         for name, frames in videos.items():
             save_gif(frames, os.path.join(tmp, f"{name}.gif"))
         report = dict(ckpt=reference or os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute, init_noise=args.init_noise,
+                      weights=policy.weights if policy else None,
                       horizon=args.horizon, summary=summary, episodes=results, seconds=time.time() - t0)
         with open(os.path.join(tmp, "results.json"), "w") as f:
             json.dump(report, f, indent=1)

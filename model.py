@@ -354,11 +354,20 @@ class Policy(nn.Module):
 
     # --- checkpoints: the one way to rebuild a trained policy ---
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", backbone=None):
+    def from_checkpoint(cls, path, device="cpu", backbone=None, weights="auto"):
+        """weights: raw (the trained ones), ema (train.py --ema's average; refused if absent), auto (ema if saved)."""
         ckpt = load_checkpoint(path)
         cfg = PolicyConfig(**ckpt["model_config"])
         policy = cls(cfg, backbone=backbone, device=device)
         policy.load_trainable(ckpt["model"])
+        if weights == "ema" and not ckpt.get("ema"):
+            raise ValueError(f"checkpoint {path} holds no EMA weights (trained without --ema): use its raw weights")
+        if weights != "raw" and ckpt.get("ema"):
+            with torch.no_grad():
+                for n, p in policy.named_parameters():
+                    if n in ckpt["ema"]:
+                        p.copy_(ckpt["ema"][n])
+        policy.weights = "ema" if weights != "raw" and ckpt.get("ema") else "raw"
         policy.train_config = ckpt.get("config", {})   # train.py's flags: how its data was read (layouts.run_layout)
         return policy.eval()
 

@@ -99,6 +99,7 @@ p.add_argument("--lr", type=float, default=1e-4)
 p.add_argument("--warmup", type=float, default=0.05, help="fraction of max-iters of linear warm-up")
 p.add_argument("--weight-decay", type=float, default=1e-5)
 p.add_argument("--grad-clip", type=float, default=1.0)
+p.add_argument("--ema", type=float, default=0.0, help="decay of an EMA of the weights, saved beside them (0: none)")
 p.add_argument("--eval-every", type=int, default=100)
 p.add_argument("--eval-iters", type=int, default=5)
 p.add_argument("--log-every", type=int, default=10)
@@ -124,7 +125,8 @@ def check_args(a):
         if getattr(a, k) < lo:
             die(f"--{k.replace('_', '-')} must be at least {lo} (got {getattr(a, k)})")
     for k, lo, hi in (("lr", 1e-30, 1e30), ("beta", 1e-30, 1e30), ("tau", 1e-30, 1e30), ("grad_clip", 1e-30, 1e30),
-                      ("warmup", 0, 1), ("lambda_floor", 0, 1), ("weight_decay", 0, 1e30), ("adapter_dropout", 0, 0.99)):
+                      ("warmup", 0, 1), ("lambda_floor", 0, 1), ("weight_decay", 0, 1e30), ("adapter_dropout", 0, 0.99),
+                      ("ema", 0, 0.99999)):
         if not lo <= getattr(a, k) <= hi:   # NaN fails every comparison
             die(f"--{k.replace('_', '-')} must be in [{lo:g}, {hi:g}] (got {getattr(a, k)})")
     if a.stop_after > a.max_iters:
@@ -235,7 +237,10 @@ def main():
     groups = [dict(params=[p for p in ps if (p.dim() >= 2) == decay], weight_decay=args.weight_decay if decay else 0.0,
                    lr_scale=scale) for ps, scale in parts for decay in (True, False)]   # lr_scale: of the schedule
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.95, 0.999), eps=1e-8, fused=device.startswith("cuda"))
+    # EMA of the trainable weights (Diffusion Policy's choice for evaluation): saved as ckpt["ema"], the raw ones train
+    ema = {n: w.detach().clone() for n, w in policy.named_parameters() if w.requires_grad} if args.ema else None
     if ckpt is not None:
+        ema = {n: v.to(device) for n, v in ckpt["ema"].items()} if args.ema else None
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.startswith("cuda") and "cuda" in ckpt["rng"]:
@@ -323,7 +328,7 @@ def main():
             stop("the weights are not usable (not finite, or their validation loss is not)", it)
         if not master:
             return
-        state = dict(model=policy.trainable_state_dict(), optimizer=opt.state_dict(), config=vars(args),
+        state = dict(model=policy.trainable_state_dict(), optimizer=opt.state_dict(), config=vars(args), ema=ema,
                      model_config=asdict(cfg), stats=policy.get_stats(), step=it,
                      rng=dict(torch=torch.get_rng_state(),
                               **({"cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {})))
@@ -365,6 +370,10 @@ def main():
             guard(it + 1)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if ema is not None:   # e <- decay e + (1 - decay) p
+            for n, w in policy.named_parameters():
+                if w.requires_grad:
+                    ema[n].lerp_(w.detach(), 1 - args.ema)
         if (it + 1) % args.log_every == 0 and master:
             dt, t0 = time.time() - t0, time.time()
             row = dict(step=it + 1, loss_fm=out_["loss_fm"].item(), lr=lr, lam=lam, grad_norm=float(grad_norm),

@@ -117,3 +117,26 @@ def test_training_from_the_feature_cache_matches_live_training(synthetic, tmp_pa
         assert abs(a["loss_rscl"] - b["loss_rscl"]) < 1e-2 * a["loss_rscl"]
     assert any(a["loss_rscl"] != b["loss_rscl"] for a, b in zip(rows(live), rows(cached)))   # really from the cache
     bad(train(*common, "--out", str(tmp_path / "x"), "--cache-features", "--augment"), "--augment")
+
+
+def test_ema_weights_are_saved_and_chosen_at_load(synthetic, tmp_path):
+    from model import Policy
+    run = str(tmp_path / "run")
+    r = train("--data", synthetic, "--max-iters", "3", "--out", run, "--ema", "0.5", "--lr", "1e-2", *FAST)
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(os.path.join(run, "ckpt.pt"), weights_only=True)
+    n = "dit.head.weight"   # zero at init, so after 3 steps with decay 0.5: e = 0.5 p1 / 4 + 0.5 p2 / 2 + 0.5 p3
+    assert not torch.equal(ckpt["ema"][n], ckpt["model"][n]) and ckpt["ema"][n].abs().sum() > 0
+    ema = Policy.from_checkpoint(os.path.join(run, "ckpt.pt"), weights="auto")
+    raw = Policy.from_checkpoint(os.path.join(run, "ckpt.pt"), weights="raw")
+    assert ema.weights == "ema" and raw.weights == "raw"
+    assert torch.equal(dict(ema.named_parameters())[n], ckpt["ema"][n])
+    assert torch.equal(dict(raw.named_parameters())[n], ckpt["model"][n])
+    assert set(ckpt["ema"]) == {k for k, p in raw.named_parameters() if p.requires_grad}
+    r = train("--data", synthetic, "--max-iters", "2", "--out", str(tmp_path / "plain"), *FAST)
+    assert r.returncode == 0 and torch.load(str(tmp_path / "plain" / "ckpt.pt"), weights_only=True)["ema"] is None
+    try:
+        Policy.from_checkpoint(str(tmp_path / "plain" / "ckpt.pt"), weights="ema")
+        assert False, "a checkpoint without EMA weights must be refused for --weights ema"
+    except ValueError as e:
+        assert "--ema" in str(e)
