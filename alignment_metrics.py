@@ -126,8 +126,24 @@ def mutual_knn(feats_a, feats_b, topk=10):
     hit, _ = _find(kK, kL)  # |mask_K * mask_L| summed over all rows
     return hit.sum().item() / (A.shape[0] * k)
 
+
 # -----------------------------------------------------------------------------
 # what the metrics score: a policy's pooled representations
+
+def pooled_h_cknna(policy, batches, topk=10):
+    """CKNNA of the adapter's h, mean-pooled over real tokens, against q, from batches of the policy's inputs
+    (feats, mask, views, q, A, teacher, pixels) (train.py --cknna-every). NaN with topk or fewer samples."""
+    from model import masked_mean
+    hs, qs = [], []
+    for feats, mask, views, q, _, _, pixels in batches:
+        feats, mask, _ = policy.inputs(feats, mask, views, pixels)                     # E' too, if the policy has one
+        h, _ = policy.adapter(feats, mask)                                            # (B, N, D)
+        hs.append(masked_mean(h.float(), mask).cpu())                                 # (B, D)
+        qs.append(q.float().cpu())
+    h, q = torch.cat(hs), torch.cat(qs)
+    h, q = h / h.norm(dim=1, keepdim=True), q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return cknna(h, q, topk=topk) if len(h) > topk else float("nan")
+
 
 @torch.no_grad()
 def extract(policy, ds, idx, batch_size=32):
