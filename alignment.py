@@ -1,6 +1,6 @@
 """
 Alignment as a diagnostic: every layer of the frozen encoder, and a policy's h and z, against the robot's
-state q, the next action and the action chunk (CKNNA and mutual kNN, cknna.py); and CKNNA(h, q) against
+state q, the next action and the action chunk (CKNNA and mutual kNN, alignment_metrics.py); and CKNNA(h, q) against
 closed-loop success over several runs. The command lives in cknna.py:
 
     python cknna.py --layers --backbone dinov2-s --data data/main-demos.hdf5 --cameras agentview,robot0_eye_in_hand
@@ -22,13 +22,14 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from cknna import cknna, die, extract, mutual_knn, run_names
+from alignment_metrics import cknna, extract, mutual_knn, run_names
 from runfolder import swap_in
 from stats import spearman, spearman_interval, spearman_p, wilson
 
@@ -304,6 +305,12 @@ def report(out):
         print(f"alignment vs success ({len(out['runs'])} runs, {s['appearance']} looks): Spearman rho = {s['spearman']:+.3f}, "
               f"95% bootstrap interval {s['ci95'][0]:+.3f} to {s['ci95'][1]:+.3f} ({s['bootstrap_used']} of {s['bootstrap']} "
               f"resamples), permutation p = {s['permutation_p']:.3f}")
+
+
+def die(msg):
+    """Bad input: one line on stderr, exit status 2, no traceback (cknna.py's form)."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):

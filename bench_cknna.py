@@ -1,5 +1,5 @@
 """
-The cost of CKNNA (cknna.py + knn.py) against the reference algorithm with dense N x N arrays and
+The cost of CKNNA (alignment_metrics.py + knn.py) against the reference algorithm with dense N x N arrays and
 against the float64 search (knn_float64 on every row: the previous implementation), on random
 features: A 2048-d (an embedding) vs B 10-d (a robot state), rows L2-normalised, k = 10.
 
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-import cknna as ck
+import alignment_metrics as am
 import knn
 
 DENSE_MAX = 8000          # the dense N^3 reference runs only up to this N
@@ -92,14 +92,14 @@ def _bench_case(impl, n, topk):
             r = knn.knn(F, k)
             searches.append(time.perf_counter() - t)
             return r
-        ck.knn = timed
+        am.knn = timed
     elif impl == "float64":
-        ck.knn = knn.knn_float64
+        am.knn = knn.knn_float64
     value, t0, c0 = None, time.perf_counter(), _cpu_s()
     if impl == "dense":
         value = dense_cknna(A, B, topk)
     elif impl != "inputs":
-        value = ck.cknna(A, B, topk)
+        value = am.cknna(A, B, topk)
     out.update(seconds=time.perf_counter() - t0, cpu_s=_cpu_s() - c0, peak_mb=_peak_mb(), cknna=value)
     if searches:  # A's search: its GEMM rate and the fraction of the machine's
         out.update(search_a_s=searches[0], search_b_s=searches[1],

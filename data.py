@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import samples
 from layouts import (LAYOUTS, DataError, flip_images, make_q, minmax_stats, parse_key, layout_of,  # noqa: F401
                      proprio_10d, quat_to_rotmat, run_layout)
 
@@ -70,28 +71,10 @@ def task_of(f, demo):
     return str(g.attrs["task"]) if "task" in g.attrs else instruction_of(f, demo)
 
 
-def split_by_task(names, tasks, split, val_frac=0.1, max_demos=0, where="data"):
-    """Names of a split, chosen per task so that every task is in both splits: of each task's demos (in the given
-    order) the last round(val_frac * n) (at least 1 when n > 1) are validation, the first `max_demos` of the rest
-    (0 = all) are training. 'all' is every demo. Returns them in the given order; an empty split -> DataError."""
-    by_task = {}
-    for name, task in zip(names, tasks):
-        by_task.setdefault(task, []).append(name)
-    out = set()
-    for group in by_task.values():
-        n_val = max(1, int(round(len(group) * val_frac))) if len(group) > 1 and val_frac > 0 else 0
-        train = group[:len(group) - n_val][:max_demos or None]
-        out |= set({"train": train, "val": group[len(group) - n_val:], "all": group}[split])
-    if not out:   # one demo per task: no validation demo (or no training one) to draw from
-        raise DataError(f"{where}: the {split} split is empty ({len(names)} demo(s) in "
-                        f"{len(by_task)} task(s)): every task needs at least 2 demos, one for validation: collect more")
-    return [n for n in names if n in out]
-
-
 def split_demos(f, split, val_frac=0.1, max_demos=0):
-    """Demo names of a split of a robomimic-layout file (see split_by_task)."""
+    """Demo names of a split of a robomimic-layout file (see samples.split_by_task)."""
     names = demo_names(f)
-    return split_by_task(names, [task_of(f, n) for n in names], split, val_frac, max_demos, f.filename)
+    return samples.split_by_task(names, [task_of(f, n) for n in names], split, val_frac, max_demos, f.filename)
 
 
 def open_dataset(path, layout="robomimic", cameras=None, horizon=16, split="train", val_frac=0.1, proprio_keys=None,
@@ -156,7 +139,7 @@ class DemoDataset:
     layout: a key of LAYOUTS; cameras, proprio_keys (eef position, eef orientation, gripper; 'key[a:b]' slices),
     orientation (a key of layouts.ORIENTATIONS) and flip (layouts.FLIPS) override its fields. A camera is an obs key
     as in the file, or a robosuite camera name whose key is f"{cam}_image".
-    split: 'train' | 'val' | 'all' (per task, the last `val_frac` of its demos are validation; see split_by_task);
+    split: 'train' | 'val' | 'all' (per task, the last `val_frac` of its demos are validation; see samples.split_by_task);
     max_demos: training demos per task (0 = all).
     q and A are raw here; the policy min-max normalises them with `stats()` (computed on train)."""
 
@@ -200,20 +183,8 @@ class DemoDataset:
     def __len__(self):
         return len(self.index)
 
-    def task_groups(self):
-        """Sample indices of each task: {task: int array}, for task-balanced batches."""
-        sample_task = np.array([self.tasks[d] for d, _ in self.index])
-        return {t: np.flatnonzero(sample_task == t) for t in dict.fromkeys(self.tasks)}
-
-    def stats(self):
-        """Min-max statistics of q and actions over this split (plain lists, for the checkpoint; see minmax_stats)."""
-        return minmax_stats(np.concatenate(self.q), np.concatenate(self.actions))
-
-    def chunk(self, d, t):
-        """A (H, a): actions t .. t+H-1, the last action repeated past the end of the demo."""
-        acts = self.actions[d]
-        idx = np.minimum(np.arange(t, t + self.H), len(acts) - 1)
-        return acts[idx]
+    # the sample index's methods, shared with lerobot_data.LeRobotDemos (samples.py)
+    task_groups, stats, chunk = samples.task_groups, samples.stats, samples.chunk
 
     def __getitem__(self, i):
         import h5py

@@ -1,7 +1,7 @@
 """
 Exact k nearest neighbours under a linear kernel, at the speed of a float32 GEMM over half the kernel.
 
-CKNNA (cknna.py) needs, for every row i of F (N, D), the k columns j != i with the largest kernel
+CKNNA (alignment_metrics.py) needs, for every row i of F (N, D), the k columns j != i with the largest kernel
 value K[i, j] = F_i . F_j, as the reference ranks them: torch.topk over the float64 kernel row,
 diagonal -inf (knn_float64 here). knn() returns the same sets, faster:
 

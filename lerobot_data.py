@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from data import DemoDataset, split_by_task
+import samples
 from layouts import LAYOUTS, DataError, flip_images, layout_of, make_q, parse_key
 
 VERSIONS = ("v2.0", "v2.1", "v3.0")
@@ -139,7 +139,7 @@ class LeRobotDemos:
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:   # json's errors are ValueErrors
             raise DataError(f"{path}: its metadata (meta/) is damaged or incomplete ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:120]}): re-download the dataset") from None
-        keep = set(split_by_task(names, tasks, split, val_frac, max_demos, path))
+        keep = set(samples.split_by_task(names, tasks, split, val_frac, max_demos, path))
         self.episodes = [e for e, n in zip(episodes, names) if n in keep]
         self.demos = [n for n in names if n in keep]
         self.tasks = [t for t, n in zip(tasks, names) if n in keep]
@@ -228,8 +228,8 @@ class LeRobotDemos:
     def __len__(self):
         return len(self.index)
 
-    # the same index, q and actions lists as DemoDataset: its methods serve as they are (no inheritance)
-    task_groups, stats, chunk = DemoDataset.task_groups, DemoDataset.stats, DemoDataset.chunk
+    # the same index, q and actions lists as data.DemoDataset, and the same methods (samples.py; no inheritance)
+    task_groups, stats, chunk = samples.task_groups, samples.stats, samples.chunk
 
     def fingerprint(self):
         """What the content is, for the feature cache's key: sha1 of meta/info.json and of every file's path and size."""

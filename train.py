@@ -296,7 +296,7 @@ def main():
 
     def cknna_score():
         """CKNNA (k = 10) of h, mean-pooled over real tokens, against q on up to 512 validation samples."""
-        from cknna import pooled_h_cknna   # the metric's file is a library with a command attached, like sim.py
+        from alignment_metrics import pooled_h_cknna   # a library: scripts import libraries, never each other
         policy.eval()
         with torch.no_grad(), autocast:
             batches = (on_device(b) for b in loader(val_src, 4321, 0, max(1, min(len(val_src), 512) // args.batch_size)))
