@@ -7,7 +7,10 @@ cknna.py (held-out demos of every task); then one table, the paper's claims with
     python study.py --preset core --seeds 3                   # baseline vs RS-CL vs sharper RS-CL
     python study.py --preset main --seeds 1 --out runs/main   # what main.sh runs
 
-Re-running continues: finished trainings, evaluations and scores are kept (a half-trained run resumes).
+Re-running continues: finished trainings, evaluations and scores are kept (a half-trained run resumes), but only
+what fits this study's flags (runkey.py): a trained run whose train.py flags or --data differ from what this study
+would pass is refused by name (--retrain trains those anew: the old folder is replaced at the new first checkpoint);
+an evaluation or CKNNA score that differs or is damaged is run again. Ctrl-C keeps what is finished.
 Every variant is a set of train.py flags (VARIANTS); study.py adds no method code of its own.
 Output: <out>/<variant>-s<seed>/ (checkpoints, logs, evaluations: git-ignored), and <out>/results.json,
 <out>/table.md, <out>/success.png, <out>/cknna.png, <out>/rscl_floor.png (small: commit them).
@@ -20,6 +23,7 @@ import sys
 
 import numpy as np
 
+import runkey
 from stats import mean_diff_interval, newcombe, verdict, wilson
 
 # -----------------------------------------------------------------------------
@@ -68,69 +72,118 @@ CLAIMS = [("RS-CL aligns h with q (CKNNA)", "rscl", "baseline", "cknna_h"),
           ("the dual encoder helps on unseen looks", "dual", "baseline", "unseen")]         # own claims
 
 
+ROOT = os.path.dirname(os.path.abspath(__file__))   # commands run here; results.json's paths are relative to it
+
+
 def die(msg):
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
 
+def rel(path):
+    """A path as results.json records it: relative to the repository when inside it (no machine's absolute path in
+    committed results), else as given."""
+    r = os.path.relpath(path, ROOT)
+    return path if r == os.pardir or r.startswith(os.pardir + os.sep) else r
+
+
 # -----------------------------------------------------------------------------
 # one run: train -> evaluate (seen, unseen) -> CKNNA, each step skipped when its output is complete
 
-def step_of(ckpt):
-    import torch
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["step"] if os.path.isfile(ckpt) else 0
-
-
-def episodes_in(path, task):
-    return json.load(open(path))["summary"][task]["episodes"] if os.path.isfile(path) else 0
-
-
 def call(cmd, dry):
     print("$ " + " ".join(cmd), flush=True)
-    return 0 if dry else subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__))).returncode
+    if dry:
+        return 0
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:   # the child got the Ctrl-C too: let it stop cleanly (train.py keeps its checkpoint)
+        proc.wait()
+        raise
 
 
-def run_one(a, variant, seed, folder):
-    """The commands of one run, each only if its result is missing. Returns None, or what failed."""
-    py, ckpt = sys.executable, os.path.join(folder, "ckpt.pt")
+def stamp(path):
+    """Which file path is: a new run writes a new config.json (another inode and mtime), a resumed one keeps it."""
+    if not os.path.isfile(path):
+        return None
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns
+
+
+def train_cmd(a, variant, seed, folder):
     recipe = [f for f in RECIPE if f != "--cache-features" or not set(LIVE) & set(VARIANTS[variant])]
-    train = [py, "train.py", *recipe, *VARIANTS[variant], "--data", a.data, "--max-iters", str(a.iters),
-             "--seed", str(seed), "--out", folder, "--cache-dir", a.cache_dir, *a.train_args]
-    done = step_of(ckpt)
+    return [sys.executable, "train.py", *recipe, *VARIANTS[variant], "--data", a.data, "--max-iters", str(a.iters),
+            "--seed", str(seed), "--out", folder, "--cache-dir", a.cache_dir, *a.train_args]
+
+
+def eval_cmd(a, folder, task, look, n):   # into folder/eval-<task>-<look>
+    return [sys.executable, "evaluate.py", os.path.join(folder, "ckpt.pt"), "--tasks", task, "--episodes", str(n),
+            "--appearance", look, "--out", os.path.join(folder, f"eval-{task}-{look}"), "--overwrite", "--videos", "2",
+            *a.eval_args]
+
+
+def run_one(a, name, folder, train, retrain):
+    """The commands of one run, each only if its result is missing, damaged or from other flags (all of them when
+    retrain). Returns None, or (why, what): why 'stopped' (a re-run continues it) or 'failed'."""
+    py, ckpt, config = sys.executable, os.path.join(folder, "ckpt.pt"), os.path.join(folder, "config.json")
+    done = 0 if retrain else runkey.step_of(ckpt)[0]
     if done < a.iters:
-        resume = ["--resume"] if done else (["--overwrite"] if os.path.isdir(folder) else [])   # a killed first start
-        if call(train + resume, a.dry_run):
-            return "training"
-        if not a.dry_run and (at := step_of(ckpt)) < a.iters:   # stopped early (--stop-after, a kill): no evaluation yet
-            return f"training (stopped at step {at} of {a.iters})"
+        start = ["--resume"] if done else (["--overwrite"] if os.path.isdir(folder) else [])   # a killed first start
+        before = stamp(config)
+        try:
+            if call(train + start, a.dry_run):
+                return "failed", "training"
+        finally:   # a new run's folder (config.json is new): record what study.py asked for, even after a Ctrl-C
+            if not a.dry_run and stamp(config) not in (None, before):
+                runkey.record(folder, train=runkey.train_key(train[2:]), data=runkey.data_print(a.data))
+        if not a.dry_run and (at := runkey.step_of(ckpt)[0]) < a.iters:   # stopped early (--stop-after, a kill):
+            return "stopped", f"training stopped at step {at} of {a.iters}"   # no evaluation of it yet
     for task in a.tasks:
         for look, n in (("seen", a.episodes), ("unseen", a.unseen)):
-            out = os.path.join(folder, f"eval-{task}-{look}")
-            if n and episodes_in(os.path.join(out, "results.json"), task) != n:
-                if call([py, "evaluate.py", ckpt, "--tasks", task, "--episodes", str(n), "--appearance", look,
-                         "--out", out, "--overwrite", "--videos", "2", *a.eval_args], a.dry_run):
-                    return f"evaluation ({task}, {look})"
+            cmd, out = eval_cmd(a, folder, task, look, n), os.path.join(folder, f"eval-{task}-{look}")
+            why = n and ("missing" if retrain else runkey.read_eval(out, task, cmd[2:])[1])   # n = 0: none
+            if why:
+                if why != "missing":
+                    print(f"   {name}: evaluating {task} on {look} looks again: {why}", flush=True)
+                if call(cmd, a.dry_run):
+                    return "failed", f"evaluation ({task}, {look})"
+                if not a.dry_run:
+                    runkey.record(out, evaluate=runkey.eval_key(cmd[2:]))
     out = os.path.join(folder, "cknna")
-    if not os.path.isfile(os.path.join(out, "scores.json")):
+    if why := "missing" if retrain else runkey.read_scores(out)[1]:
+        if why != "missing":
+            print(f"   {name}: CKNNA again: {why}", flush=True)
         if call([py, "cknna.py", ckpt, "--data", a.data, "--split", "val", "--out", out, "--overwrite"], a.dry_run):
-            return "CKNNA"
+            return "failed", "CKNNA"
     return None
 
 
-def read_run(a, variant, seed, folder):
-    """What a finished run measured: success counts per task and look, CKNNA rows, final log values, curves."""
-    r = dict(variant=variant, seed=seed, folder=folder, success={}, cknna={})
+def read_run(a, variant, seed, folder, train):
+    """What a finished run measured: success counts per task and look, CKNNA rows, final log values, curves.
+    None (with a note naming the file and what is wrong) for a run that is damaged or not this study's."""
+    name = f"{variant}-s{seed}"
+    r = dict(variant=variant, seed=seed, folder=rel(folder), success={}, cknna={})
+    damaged = [runkey.run_problem(folder, train[2:], a.data)]
     for task in a.tasks:
-        for look in ("seen", "unseen"):
-            path = os.path.join(folder, f"eval-{task}-{look}", "results.json")
-            if os.path.isfile(path):
-                s = json.load(open(path))["summary"][task]
-                r["success"][f"{task}-{look}"] = [s["successes"], s["episodes"]]
-    path = os.path.join(folder, "cknna", "scores.json")
-    if os.path.isfile(path):
-        r["cknna"] = {row["representation"]: row["cknna"] for row in json.load(open(path))["rows"]}
-    rows = [json.loads(line) for line in open(os.path.join(folder, "log.jsonl"))] if os.path.isfile(
-        os.path.join(folder, "log.jsonl")) else []
+        for look, n in (("seen", a.episodes), ("unseen", a.unseen)):
+            if not n:
+                continue   # --unseen 0: no unseen looks in this study
+            out = os.path.join(folder, f"eval-{task}-{look}")
+            got, why = runkey.read_eval(out, task, eval_cmd(a, folder, task, look, n)[2:])
+            if got:
+                r["success"][f"{task}-{look}"] = got
+            elif why != "missing":
+                damaged.append(f"eval-{task}-{look}: {why}")
+    got, why = runkey.read_scores(os.path.join(folder, "cknna"))
+    r["cknna"] = got or {}
+    if why not in (None, "missing"):
+        damaged.append(f"cknna: {why}")
+    rows, note = runkey.read_log(os.path.join(folder, "log.jsonl"))
+    if rows is None or any(damaged):
+        print(f"note: {name} is left out of the report: {'; '.join(d for d in damaged + [note] if d)}", flush=True)
+        return None
+    if note:
+        print(f"note: {name}: {note}", flush=True)
     last = lambda k: next((row[k] for row in reversed(rows) if k in row), None)
     r["final"] = {k: last(k) for k in ("val_loss_fm", "val_loss_rscl", "val_w_entropy", "val_n_pos",
                                         "val_rscl_excess", "val_cos_z", "val_cos_off", "val_cos_off_std")}
@@ -195,7 +248,8 @@ def report(a, runs):
         f.write(table)
     os.replace(os.path.join(a.out, "table.md.tmp"), os.path.join(a.out, "table.md"))
     with open(os.path.join(a.out, "results.json.tmp"), "w") as f:
-        json.dump(dict(config=vars(a), runs=runs, claims=claims), f, indent=1)
+        config = dict(vars(a), data=rel(a.data), out=rel(a.out), cache_dir=rel(a.cache_dir))
+        json.dump(dict(config=config, runs=runs, claims=claims), f, indent=1)
     os.replace(os.path.join(a.out, "results.json.tmp"), os.path.join(a.out, "results.json"))
     plot(a, by_variant, task)
     print(table)
@@ -271,6 +325,8 @@ def main():
     p.add_argument("--eval-args", default="", help="extra evaluate.py flags, e.g. '--workers 4'")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="only gather what exists into the table and figures")
+    p.add_argument("--retrain", action="store_true", help="train anew the runs whose flags, data or checkpoint do not "
+                   "fit (refused without it); each old folder is replaced at its new run's first checkpoint")
     a = p.parse_args()
     if a.preset not in PRESETS:
         die(f"unknown preset '{a.preset}': choose one of {', '.join(PRESETS)}")
@@ -278,6 +334,8 @@ def main():
     variants = a.variants.split(",") if a.variants else preset["variants"]
     if bad := [v for v in variants if v not in VARIANTS]:
         die(f"unknown variant {bad[0]}: choose from {', '.join(VARIANTS)}")
+    if twice := [v for i, v in enumerate(variants) if v in variants[:i]]:
+        die(f"--variants lists {twice[0]} twice: its runs would be counted twice; name each variant once")
     a.episodes = preset["episodes"] if a.episodes < 0 else a.episodes
     a.unseen = preset["unseen"] if a.unseen < 0 else a.unseen
     if a.seeds < 1 or a.iters < 1 or a.episodes < 1 or a.unseen < 0:
@@ -289,19 +347,47 @@ def main():
     a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out or os.path.join("study", a.preset))
     a.cache_dir = os.path.abspath(a.cache_dir)
     grid = [(v, s, os.path.join(a.out, f"{v}-s{s}")) for v in variants for s in range(a.seeds)]
+    train = {f: train_cmd(a, v, s, f) for v, s, f in grid}
     failed = []
     if not a.report_only:
+        misfits = {f: why for f in train if (why := runkey.trained_problem(f, train[f][2:], a.data))}
+        if misfits and not a.retrain:   # never reused silently: one line per run, with the way out
+            for f, why in misfits.items():
+                print(f"error: {os.path.basename(f)}: {why}: re-run with --retrain to train it anew, or choose "
+                      f"another --out", file=sys.stderr)
+            sys.exit(2)
         for i, (v, s, folder) in enumerate(grid):
-            print(f"== study {a.preset}: run {i + 1}/{len(grid)}: {v}, seed {s}", flush=True)
-            if what := run_one(a, v, s, folder):
-                failed.append(f"{v}-s{s} ({what})")
-                print(f"   {v}-s{s}: {what} failed; the study goes on with the next run", flush=True)
+            print(f"== study {a.preset}: run {i + 1}/{len(grid)}: {v}, seed {s}"
+                  f"{' (trained anew: ' + misfits[folder] + ')' if folder in misfits else ''}", flush=True)
+            if what := run_one(a, f"{v}-s{s}", folder, train[folder], folder in misfits):
+                failed.append((*what, f"{v}-s{s}"))
+                print(f"   {v}-s{s}: {what[1]}{' failed' * (what[0] == 'failed')}; the study goes on with the next run",
+                      flush=True)
     if not a.dry_run:
-        report(a, [read_run(a, v, s, f) for v, s, f in grid if os.path.isfile(os.path.join(f, "log.jsonl"))])
+        runs = [read_run(a, v, s, f, train[f]) for v, s, f in grid if os.path.isfile(os.path.join(f, "log.jsonl"))]
+        report(a, [r for r in runs if r])
         print(f"study: {a.out}/table.md, results.json, success.png, cknna.png, rscl_floor.png")
-    if failed:
-        die(f"{len(failed)} run(s) failed: {', '.join(failed)}: see their output above; re-run to retry them")
+    stopped = [name for why, _, name in failed if why == "stopped"]
+    broken = [f"{name} ({what})" for why, what, name in failed if why == "failed"]
+    says = []   # only what is true: a stopped training continues, a failed command fails again until its cause is fixed
+    if stopped:
+        says.append(f"{len(stopped)} run(s) stopped before step {a.iters}: {', '.join(stopped)}: re-run to continue "
+                    f"them")
+    if broken:
+        says.append(f"{len(broken)} run(s) failed: {', '.join(broken)}: the error is printed above under its command "
+                    f"('$ ...'); fix its cause, then re-run")
+    if says:
+        die("; ".join(says))
+
+
+def cli():
+    try:
+        main()
+    except KeyboardInterrupt:   # Ctrl-C: one line, no traceback; every output is written whole or not at all
+        print("\nstudy: interrupted: finished trainings, evaluations and CKNNA scores are kept and a stopped training "
+              "resumes from its last checkpoint: run the same command again to continue", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
-    main()
+    cli()

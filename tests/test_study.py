@@ -37,11 +37,16 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
            "--eval-args", "--horizon 8 --workers 1 --videos 0"]
     # both runs stop after step 2 (as if killed); the study is re-run and resumes them
     r = subprocess.run(cmd[:-3] + [cmd[-3] + " --stop-after 2"] + cmd[-2:], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 2 and "stopped at step 2 of 3" in r.stdout and "2 run(s) failed" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "stopped at step 2 of 3" in r.stdout and "2 run(s) stopped" in r.stderr, r.stderr[-2000:]
+    assert "re-run to continue them" in r.stderr.splitlines()[-1]
     assert not (out / "rscl-s0" / "eval-lift-seen").exists()   # a partial checkpoint is never evaluated
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--resume" in r.stdout                        # the stopped runs continued from their checkpoints
+    asked = json.load(open(out / "rscl-s0" / "study.json"))   # what study.py asked for, recorded at the start
+    assert asked["train"]["max_iters"] == "3" and asked["train"]["rscl"] is True and "stop_after" not in asked["train"]
+    assert asked["data"]["size"] == os.path.getsize(synthetic)
+    assert json.load(open(out / "rscl-s0" / "eval-lift-unseen" / "study.json"))["evaluate"]["horizon"] == "8"
     res = json.load(open(out / "results.json"))
     runs = {x["variant"]: x for x in res["runs"]}
     assert set(runs) == {"baseline", "rscl"}
@@ -64,6 +69,198 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
 
 def test_study_bad_input_is_one_line(tmp_path):
     for args, says in ((["--preset", "nope"], "unknown preset"), (["--variants", "baseline,magic"], "unknown variant"),
-                       (["--data", str(tmp_path / "none.hdf5")], "does not exist"), (["--seeds", "0"], "at least 1")):
+                       (["--data", str(tmp_path / "none.hdf5")], "does not exist"), (["--seeds", "0"], "at least 1"),
+                       (["--variants", "rscl,baseline,rscl"], "--variants lists rscl twice")):
         r = subprocess.run([sys.executable, "study.py", *args], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+# -----------------------------------------------------------------------------
+# the study keys each run by what ran (runkey.py): hand-written run folders, as train.py, evaluate.py and cknna.py
+# write them, read back with --dry-run (the commands it would run) or --report-only (results.json)
+
+def fake_run(out, variant, data, iters=3, **args):
+    """A finished run of `study.py --variants <variant> --seeds 1 --iters 3 --episodes 1 --unseen 1`: config.json
+    with train.py's typed values, a checkpoint, both evaluations, CKNNA scores, log.jsonl."""
+    import torch
+    folder = out / f"{variant}-s0"
+    folder.mkdir(parents=True)
+    saved = dict(backbone="dinov2-s", cameras="agentview,robot0_eye_in_hand", token_pool=2, adapter_dropout=0.0,
+                 lr=0.001, cache_features=True, rscl=variant != "baseline", data=str(data), max_iters=iters, seed=0,
+                 out=str(folder), cache_dir="/elsewhere/cache", batch_size=32, resume=False, overwrite=False)
+    (folder / "config.json").write_text(json.dumps(dict(args={**saved, **args}, model={}, stats={})))
+    torch.save(dict(step=iters, model={}), folder / "ckpt.pt")
+    for look, k in (("seen", 1), ("unseen", 0)):
+        (folder / f"eval-lift-{look}").mkdir()
+        (folder / f"eval-lift-{look}" / "results.json").write_text(json.dumps(dict(
+            ckpt=str(folder / "ckpt.pt"), appearance=look, execute=8, init_noise=1.0, horizon=0, seconds=1.0,
+            summary={"lift": dict(success=k, successes=k, episodes=1, wilson95=[0.0, 1.0])}, episodes=[])))
+    (folder / "cknna").mkdir()
+    (folder / "cknna" / "scores.json").write_text(json.dumps(dict(rows=[dict(representation="h", cknna=0.5),
+                                                                        dict(representation="z", cknna=0.4)])))
+    (folder / "log.jsonl").write_text(json.dumps(dict(step=1, loss_fm=1.0, loss_rscl=2.0, w_entropy=1.5)) + "\n" +
+                                      json.dumps(dict(step=3, val_loss_fm=0.25)) + "\n")
+    return folder
+
+
+def study(out, data, *extra, variants="rscl"):
+    return subprocess.run([sys.executable, "study.py", "--variants", variants, "--seeds", "1", "--iters", "3",
+                           "--episodes", "1", "--unseen", "1", "--data", str(data), "--out", str(out),
+                           "--cache-dir", str(out / "cache"), *extra], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_study_refuses_a_run_trained_with_other_flags(tmp_path):
+    data, out = tmp_path / "demos.hdf5", tmp_path / "study"
+    data.write_bytes(b"demos")
+    folder = fake_run(out, "rscl", data)
+    r = study(out, data, "--dry-run")
+    assert r.returncode == 0 and "$ " not in r.stdout, r.stdout + r.stderr   # all there: nothing to run
+    r = study(out, data, "--dry-run", "--train-args", "--lr 5e-4")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("error: rscl-s0: --lr 5e-4 now, 0.001 in its config.json") and "--retrain" in lines[0]
+    assert "$ " not in r.stdout
+    r = study(out, data, "--report-only", "--train-args", "--lr 5e-4")   # the report leaves it out, by name
+    assert r.returncode == 0 and "rscl-s0 is left out of the report: --lr 5e-4 now" in r.stdout, r.stderr
+    assert json.load(open(out / "results.json"))["runs"] == []
+    r = study(out, data, "--dry-run", "--retrain", "--train-args", "--lr 5e-4")   # trained anew, then evaluated anew
+    train = [x for x in r.stdout.splitlines() if x.startswith("$ ") and " train.py " in x]
+    assert r.returncode == 0 and len(train) == 1 and train[0].endswith("--lr 5e-4 --overwrite"), r.stdout
+    assert r.stdout.count(" evaluate.py ") == 2 and r.stdout.count(" cknna.py ") == 1
+    # a flag dropped from --train-args: config.json cannot tell (the default is train.py's), study.json can
+    (folder / "study.json").write_text(json.dumps(dict(train={"batch_size": "16"})))
+    r = study(out, data, "--dry-run")
+    assert r.returncode == 2 and "rscl-s0: --batch-size not given now, 16 when it was trained" in r.stderr, r.stderr
+
+
+def test_study_refuses_a_run_trained_on_other_data(tmp_path):
+    data, out = tmp_path / "demos.hdf5", tmp_path / "study"
+    data.write_bytes(b"demos")
+    other = tmp_path / "other.hdf5"
+    other.write_bytes(b"demos")
+    folder = fake_run(out, "rscl", data)
+    r = study(out, other, "--dry-run")
+    assert r.returncode == 2 and f"rscl-s0: --data {other} now, {data} in its config.json" in r.stderr, r.stderr
+    st = os.stat(data)   # the same path, collected again since: its size and mtime as study.py recorded them
+    (folder / "study.json").write_text(json.dumps(dict(train={}, data=dict(size=st.st_size, mtime_ns=st.st_mtime_ns))))
+    assert study(out, data, "--dry-run").returncode == 0
+    data.write_bytes(b"demos, collected again")
+    r = study(out, data, "--dry-run")
+    assert r.returncode == 2 and "has changed since the run was trained (size 5 bytes" in r.stderr, r.stderr
+    # a content hash in config.json decides: the same content anywhere is the same data, other content is not
+    import hashlib
+    cfg = json.load(open(folder / "config.json"))
+    cfg["args"]["data_sha1"] = hashlib.sha1(data.read_bytes()).hexdigest()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert study(out, data, "--dry-run").returncode == 0
+    r = study(out, other, "--dry-run")
+    assert r.returncode == 2 and "holds other content than the run was trained on" in r.stderr, r.stderr
+
+
+def test_study_evaluates_again_when_the_evaluation_flags_differ(tmp_path):
+    data, out = tmp_path / "demos.hdf5", tmp_path / "study"
+    data.write_bytes(b"demos")
+    folder = fake_run(out, "rscl", data)
+    r = study(out, data, "--dry-run", "--eval-args", "--execute 4")
+    evals = [x for x in r.stdout.splitlines() if " evaluate.py " in x]
+    assert r.returncode == 0 and len(evals) == 2 and all(x.endswith("--execute 4") for x in evals), r.stdout + r.stderr
+    assert "rscl-s0: evaluating lift on seen looks again: --execute 4 now, 8 in its results.json" in r.stdout
+    assert " train.py " not in r.stdout and " cknna.py " not in r.stdout
+    r = study(out, data, "--report-only", "--eval-args", "--execute 4")
+    assert r.returncode == 0 and "rscl-s0 is left out of the report: eval-lift-seen: --execute 4 now, 8" in r.stdout
+    assert json.load(open(out / "results.json"))["runs"] == []
+    r = study(out, data, "--dry-run", "--episodes", "2")
+    assert "--episodes 2 now, 1 in its results.json" in r.stdout and r.stdout.count(" evaluate.py ") == 1, r.stdout
+    # a flag dropped from --eval-args (or one results.json does not record): study.json in the evaluation's folder
+    (folder / "eval-lift-unseen" / "study.json").write_text(json.dumps(dict(evaluate={
+        "tasks": "lift", "episodes": "1", "appearance": "unseen", "seed": "3"})))
+    r = study(out, data, "--dry-run")
+    assert "on unseen looks again: --seed not given now, 3 when it was run" in r.stdout, r.stdout
+    assert r.stdout.count(" evaluate.py ") == 1
+
+
+def test_study_names_damaged_files_and_goes_on(tmp_path):
+    data, out = tmp_path / "demos.hdf5", tmp_path / "study"
+    data.write_bytes(b"demos")
+    rscl, base = fake_run(out, "rscl", data), fake_run(out, "baseline", data)
+    with open(rscl / "log.jsonl", "a") as f:
+        f.write('{"step": 4, "val_loss_f')                         # the last line, cut off by a kill
+    (base / "eval-lift-seen" / "results.json").write_text('{"summary": {"lift": {"succ')
+    r = study(out, data, "--report-only", variants="rscl,baseline")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "rscl-s0: log.jsonl's last line is cut off (line 3, a write was interrupted): ignored" in r.stdout
+    assert "baseline-s0 is left out of the report: eval-lift-seen: results.json is damaged" in r.stdout
+    res = json.load(open(out / "results.json"))
+    assert [x["variant"] for x in res["runs"]] == ["rscl"] and res["runs"][0]["final"]["val_loss_fm"] == 0.25
+    r = study(out, data, "--dry-run", variants="rscl,baseline")   # a damaged evaluation is run again
+    assert r.returncode == 0 and [x.split(" --appearance ")[1][:4] for x in r.stdout.splitlines()
+                                  if " evaluate.py " in x] == ["seen"], r.stdout + r.stderr
+    (rscl / "cknna" / "scores.json").write_text("{")
+    (rscl / "log.jsonl").write_text('{"step": 1, "loss_f\n{"step": 3, "val_loss_fm": 0.25}\n')
+    r = study(out, data, "--report-only", variants="rscl")
+    assert r.returncode == 0 and "rscl-s0 is left out of the report: cknna: scores.json is damaged" in r.stdout
+    assert "log.jsonl is damaged (line 1 of 2 is not a log row)" in r.stdout and json.load(open(out / "results.json"))["runs"] == []
+    (rscl / "ckpt.pt").write_bytes(b"not a checkpoint")
+    r = study(out, data, "--dry-run", variants="rscl")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "$ " not in r.stdout, r.stderr
+    assert r.stderr.startswith("error: rscl-s0: ckpt.pt is damaged") and "--retrain" in r.stderr
+
+
+# study.py with its child processes replaced: each `python train.py ...` is interrupted (Ctrl-C) or fails at once
+FAKE_CHILD = """import runpy, subprocess, sys
+mode = sys.argv[1]
+class Child:
+    def __init__(self, *a, **k):
+        self.returncode = 2
+    def wait(self):
+        if mode == "interrupt":
+            raise KeyboardInterrupt
+        return 2
+subprocess.Popen = Child
+subprocess.run = lambda *a, **k: Child().wait() if mode == "interrupt" else Child()
+sys.argv = ["study.py"] + sys.argv[2:]
+runpy.run_path("study.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("child", ["interrupt", "fail"])
+def test_study_ctrl_c_and_a_failed_training_say_what_is_true(tmp_path, child):
+    data, out = tmp_path / "demos.hdf5", tmp_path / "study"
+    data.write_bytes(b"demos")
+    r = subprocess.run([sys.executable, "-c", FAKE_CHILD, child, "--variants", "rscl", "--seeds", "1", "--data", str(data),
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert "Traceback" not in r.stderr and "re-run to retry" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    if child == "interrupt":
+        assert r.returncode == 130 and last.startswith("study: interrupted: finished trainings") and "again" in last
+    else:
+        assert r.returncode == 2 and last.startswith("error: 1 run(s) failed: rscl-s0 (training): the error is printed "
+                                                     "above under its command"), last
+
+
+def test_study_results_hold_no_absolute_paths_of_the_repository(tmp_path):
+    import shutil
+    import tempfile
+    inside = tempfile.mkdtemp(prefix=".test-study-", dir=ROOT)
+    try:
+        out, data = os.path.join(inside, "study"), os.path.join(inside, "demos.hdf5")
+        open(data, "wb").write(b"demos")
+        fake_run(tmp_path / "x", "rscl", data)   # a run made outside, moved in: config.json says the absolute --data
+        shutil.move(str(tmp_path / "x" / "rscl-s0"), os.path.join(out, "rscl-s0"))
+        r = subprocess.run([sys.executable, "study.py", "--variants", "rscl", "--seeds", "1", "--iters", "3",
+                            "--episodes", "1", "--unseen", "1", "--data", os.path.relpath(data, ROOT), "--out", out,
+                            "--report-only"], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        res = json.load(open(os.path.join(out, "results.json")))
+        name = os.path.basename(inside)
+        assert (res["config"]["data"], res["config"]["out"], res["config"]["cache_dir"]) == (
+            f"{name}/demos.hdf5", f"{name}/study", os.path.join("data", "cache"))
+        assert [x["folder"] for x in res["runs"]] == [f"{name}/study/rscl-s0"]
+    finally:
+        shutil.rmtree(inside)
+    data, out = tmp_path / "demos.hdf5", tmp_path / "study"   # outside the repository: as given
+    data.write_bytes(b"demos")
+    fake_run(out, "rscl", data)
+    assert study(out, data, "--report-only").returncode == 0
+    res = json.load(open(out / "results.json"))
+    assert res["config"]["data"] == str(data) and res["runs"][0]["folder"] == str(out / "rscl-s0")
