@@ -24,15 +24,17 @@ import sys
 import numpy as np
 
 import runkey
-from stats import mean_diff_interval, newcombe, verdict, wilson
+from study_report import report
 
 # -----------------------------------------------------------------------------
 # the grid: variants are train.py flags; presets are lists of variants plus the evaluation's size
 
 RECIPE = ["--backbone", "dinov2-s", "--cameras", "agentview,robot0_eye_in_hand", "--token-pool", "2",
-          "--adapter-dropout", "0.0", "--lr", "1e-3", "--cache-features"]   # the CPU default (README, recipe table)
+          "--adapter-dropout", "0.0", "--lr", "1e-3", "--ema", "0.999", "--cache-features"]   # the CPU default
+PRIVILEGED = ["--orientation", "raw", "--proprio-keys", "robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos,object"]
 VARIANTS = {
     "baseline": [],
+    "privileged": PRIVILEGED,                                      # q holds the cube's state: perfect perception
     "rscl": ["--rscl"],                                            # the paper: beta 1, tau 0.2, view cutoff, cosine lambda
     "rscl-sharp": ["--rscl", "--beta-scale", "median", "--beta", "0.3"],   # sharper, scale-free soft targets
     "rscl-beta0.3": ["--rscl", "--beta", "0.3"],
@@ -51,6 +53,7 @@ VARIANTS = {
 LIVE = ("--train-vision", "--dual-encoder")   # a trainable encoder: no feature cache (train.py refuses it)
 PRESETS = {
     "main": dict(variants=["rscl", "baseline"], episodes=50, unseen=20),
+    "ladder": dict(variants=["baseline", "rscl", "privileged"], episodes=50, unseen=50),
     "core": dict(variants=["baseline", "rscl", "rscl-sharp"], episodes=50, unseen=50),
     "paper-ablations": dict(variants=["baseline", "rscl", "rscl-sharp", "infonce", "action", "token", "span",
                                       "rscl-beta0.3", "rscl-floor", "rscl-pooled-h"], episodes=50, unseen=50),
@@ -158,6 +161,34 @@ def run_one(a, name, folder, train, retrain):
     return None
 
 
+def run_reference(a, ref):
+    """evaluate.py's reference `ref` (expert, blind) on the study's episodes, each look, if missing or other."""
+    for task in a.tasks:
+        for look, n in (("seen", a.episodes), ("unseen", a.unseen)):
+            cmd = ref_cmd(a, ref, task, look, n)
+            if n and runkey.read_eval(cmd[cmd.index("--out") + 1], task, cmd[2:])[1]:
+                if call(cmd, a.dry_run):
+                    return "failed", f"evaluation ({task}, {look})"
+                if not a.dry_run:
+                    runkey.record(cmd[cmd.index("--out") + 1], evaluate=runkey.eval_key(cmd[2:]))
+
+
+def ref_cmd(a, ref, task, look, n):   # into <out>/references/<ref>-<task>-<look>
+    return [sys.executable, "evaluate.py", ref, "--tasks", task, "--episodes", str(n), "--appearance", look, "--out",
+            os.path.join(a.out, "references", f"{ref}-{task}-{look}"), "--overwrite", "--videos", "0", *a.eval_args]
+
+
+def read_reference(a, ref):
+    r = dict(variant=ref, seed=0, reference=True, success={}, cknna={}, final={}, curve={})
+    for task in a.tasks:
+        for look, n in (("seen", a.episodes), ("unseen", a.unseen)):
+            cmd = ref_cmd(a, ref, task, look, n)
+            got, _ = runkey.read_eval(cmd[cmd.index("--out") + 1], task, cmd[2:]) if n else (None, None)
+            if got:
+                r["success"][f"{task}-{look}"] = got
+    return r if r["success"] else None
+
+
 def read_run(a, variant, seed, folder, train):
     """What a finished run measured: success counts per task and look, CKNNA rows, final log values, curves.
     None (with a note naming the file and what is wrong) for a run that is damaged or not this study's."""
@@ -192,122 +223,6 @@ def read_run(a, variant, seed, folder, train):
     return r
 
 
-# -----------------------------------------------------------------------------
-# the report: pooled success with Wilson intervals, differences with Newcombe intervals, CKNNA over seeds
-
-def pooled(runs, key):
-    k = sum(r["success"][key][0] for r in runs if key in r["success"])
-    n = sum(r["success"][key][1] for r in runs if key in r["success"])
-    return k, n
-
-
-def compare(by_variant, a, b, metric, task):
-    """The interval of variant a minus variant b: success (pooled episodes, Newcombe) or CKNNA (seeds, Welch)."""
-    if metric == "cknna_h":
-        xs = [r["cknna"]["h"] for r in by_variant[a] if "h" in r["cknna"]]
-        ys = [r["cknna"]["h"] for r in by_variant[b] if "h" in r["cknna"]]
-        return mean_diff_interval(xs, ys) if xs and ys else None
-    (k1, n1), (k2, n2) = pooled(by_variant[a], f"{task}-{metric}"), pooled(by_variant[b], f"{task}-{metric}")
-    return newcombe(k1, n1, k2, n2) if n1 and n2 else None
-
-
-def report(a, runs):
-    by_variant = {}
-    for r in runs:
-        by_variant.setdefault(r["variant"], []).append(r)
-    task = a.tasks[0]
-    fmt = lambda k, n: f"{k}/{n} = {k / n:.2f} ({wilson(k, n)[0]:.2f}-{wilson(k, n)[1]:.2f})" if n else "-"
-    ms = lambda xs: f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1):.3f}" if len(xs) > 1 else (f"{xs[0]:.3f}" if xs else "-")
-    lines = [f"| variant | train.py flags | seeds | {task} seen (95% Wilson) | per seed | {task} unseen | "
-             f"CKNNA(h, q) | CKNNA(z, q) | val FM | n_pos | RS-CL excess |", "|" + "---|" * 11]
-    for v, rs in by_variant.items():
-        seeds = "/".join(f"{r['success'].get(f'{task}-seen', [0, 0])[0]}" for r in rs)
-        fin = lambda k: ms([r["final"][k] for r in rs if r["final"].get(k) is not None])
-        lines.append(f"| {v} | `{' '.join(VARIANTS[v]) or '(none)'}` | {len(rs)} | {fmt(*pooled(rs, f'{task}-seen'))} | "
-                     f"{seeds} | {fmt(*pooled(rs, f'{task}-unseen'))} | "
-                     f"{ms([r['cknna']['h'] for r in rs if 'h' in r['cknna']])} | "
-                     f"{ms([r['cknna']['z'] for r in rs if 'z' in r['cknna']])} | {fin('val_loss_fm')} | "
-                     f"{fin('val_n_pos')} | {fin('val_rscl_excess')} |")
-    claims = []
-    for name, x, y, metric in CLAIMS:
-        if x in by_variant and y in by_variant and (c := compare(by_variant, x, y, metric, task)):
-            d, lo, hi = c
-            claims.append(dict(claim=name, better=x, worse=y, metric=metric, difference=d, low=lo, high=hi,
-                               verdict=verdict(lo, hi) if np.isfinite(lo) else "inconclusive (one seed)"))
-    lines += ["", "| the paper's claim | metric | difference (95% interval) | verdict |", "|---|---|---|---|"]
-    lines += [f"| {c['claim']} ({c['better']} vs {c['worse']}) | {c['metric']} | {c['difference']:+.3f} "
-              f"({c['low']:+.3f} to {c['high']:+.3f}) | {c['verdict']} |" for c in claims]
-    lines += ["", f"Success: {task} episodes pooled over seeds (fixed evaluation seeds shared by every variant), "
-              "Wilson intervals; differences of success: Newcombe's interval on the pooled episodes (it ignores "
-              "the spread between seeds: see the per-seed column). CKNNA: mean ± sd over seeds, k = 10, held-out "
-              "demos of every task; differences: Welch's interval over seeds. n_pos, RS-CL excess: the last "
-              "validation values (effective positives per anchor; loss minus the targets' entropy)."]
-    table = "\n".join(lines) + "\n"
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "table.md.tmp"), "w") as f:
-        f.write(table)
-    os.replace(os.path.join(a.out, "table.md.tmp"), os.path.join(a.out, "table.md"))
-    with open(os.path.join(a.out, "results.json.tmp"), "w") as f:
-        config = dict(vars(a), data=rel(a.data), out=rel(a.out), cache_dir=rel(a.cache_dir))
-        json.dump(dict(config=config, runs=runs, claims=claims), f, indent=1)
-    os.replace(os.path.join(a.out, "results.json.tmp"), os.path.join(a.out, "results.json"))
-    plot(a, by_variant, task)
-    print(table)
-
-
-def plot(a, by_variant, task):
-    """success.png (pooled rate, Wilson bars, one dot per seed), cknna.png (per seed and mean), rscl_floor.png."""
-    from matplotlib.figure import Figure
-    names = list(by_variant)
-    x = np.arange(len(names))
-    fig = Figure(figsize=(max(6, 1.1 * len(names) + 2), 4.2))
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, look in zip(axes, ("seen", "unseen")):
-        for i, v in enumerate(names):
-            k, n = pooled(by_variant[v], f"{task}-{look}")
-            if not n:
-                continue
-            lo, hi = wilson(k, n)
-            ax.errorbar(i, k / n, [[k / n - lo], [hi - k / n]], fmt="o", color="black", capsize=4, ms=7)
-            per = [r["success"][f"{task}-{look}"] for r in by_variant[v] if f"{task}-{look}" in r["success"]]
-            ax.scatter(i + np.linspace(-0.15, 0.15, len(per)), [s / m for s, m in per], color="C0", s=14, zorder=3)
-        ax.set_xticks(x, names, rotation=35, ha="right")
-        ax.set_title(f"{task}, {look} looks")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("success (pooled, 95% Wilson; dots: seeds)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(a.out, "success.png"), dpi=110)
-    fig = Figure(figsize=(max(6, 1.1 * len(names) + 2), 4.2))
-    axes = fig.subplots(1, 2)
-    for ax, rep in zip(axes, ("h", "z")):
-        for i, v in enumerate(names):
-            vals = [r["cknna"][rep] for r in by_variant[v] if rep in r["cknna"]]
-            if vals:
-                ax.scatter(i + np.linspace(-0.15, 0.15, len(vals)), vals, color="C0", s=14)
-                ax.hlines(np.mean(vals), i - 0.3, i + 0.3, color="black")
-        ax.set_xticks(x, names, rotation=35, ha="right")
-        ax.set_title(f"CKNNA({rep}, q), held-out demos (line: mean)")
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(a.out, "cknna.png"), dpi=110)
-    fig = Figure(figsize=(7, 4.2))
-    ax = fig.subplots()
-    for c, v in enumerate(v for v in names if by_variant[v][0]["curve"]["loss_rscl"]):
-        for key, style in (("loss_rscl", "-"), ("w_entropy", "--")):
-            curves = [np.array(r["curve"][key]) for r in by_variant[v] if r["curve"][key]]
-            n = min(len(cv) for cv in curves)
-            mean = np.mean([cv[:n, 1] for cv in curves], 0)
-            ax.plot(curves[0][:n, 0], mean, style, color=f"C{c % 10}", label=f"{v}: {'loss' if key == 'loss_rscl' else 'floor'}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats (mean over seeds)")
-    ax.set_title("RS-CL loss (solid) against its floor, the soft targets' entropy (dashed)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(a.out, "rscl_floor.png"), dpi=110)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.error = lambda msg: die(f"{msg}: see python study.py --help")
@@ -325,6 +240,8 @@ def main():
     p.add_argument("--eval-args", default="", help="extra evaluate.py flags, e.g. '--workers 4'")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="only gather what exists into the table and figures")
+    p.add_argument("--references", default="expert,blind", help="evaluate.py's references run on the same episodes "
+                   "(expert: the ceiling, blind: the floor; '' for none)")
     p.add_argument("--retrain", action="store_true", help="train anew the runs whose flags, data or checkpoint do not "
                    "fit (refused without it); each old folder is replaced at its new run's first checkpoint")
     a = p.parse_args()
@@ -344,6 +261,9 @@ def main():
     if not os.path.isfile(a.data):
         die(f"--data {a.data} does not exist: collect it with bash main.sh (or sim.py, see the README)")
     a.tasks, a.train_args, a.eval_args = a.tasks.split(","), a.train_args.split(), a.eval_args.split()
+    a.references = [r for r in a.references.split(",") if r]
+    if bad := [r for r in a.references if r not in ("expert", "blind")] or len(set(a.references)) != len(a.references):
+        die(f"--references {','.join(a.references)}: name expert and/or blind, each once (or '' for none)")
     a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out or os.path.join("study", a.preset))
     a.cache_dir = os.path.abspath(a.cache_dir)
     grid = [(v, s, os.path.join(a.out, f"{v}-s{s}")) for v in variants for s in range(a.seeds)]
@@ -356,6 +276,10 @@ def main():
                 print(f"error: {os.path.basename(f)}: {why}: re-run with --retrain to train it anew, or choose "
                       f"another --out", file=sys.stderr)
             sys.exit(2)
+        for ref in a.references:   # cheap, no training: the floor and the ceiling first
+            print(f"== study {a.preset}: reference {ref}", flush=True)
+            if what := run_reference(a, ref):
+                failed.append((*what, ref))
         for i, (v, s, folder) in enumerate(grid):
             print(f"== study {a.preset}: run {i + 1}/{len(grid)}: {v}, seed {s}"
                   f"{' (trained anew: ' + misfits[folder] + ')' if folder in misfits else ''}", flush=True)
@@ -365,7 +289,10 @@ def main():
                       flush=True)
     if not a.dry_run:
         runs = [read_run(a, v, s, f, train[f]) for v, s, f in grid if os.path.isfile(os.path.join(f, "log.jsonl"))]
-        report(a, [r for r in runs if r])
+        runs += [read_reference(a, ref) for ref in a.references]
+        config = dict(vars(a), data=rel(a.data), out=rel(a.out), cache_dir=rel(a.cache_dir))
+        flags_of = lambda v: "(no training)" if v not in VARIANTS else f"`{' '.join(VARIANTS[v]) or '(none)'}`"
+        report(a.out, config, [r for r in runs if r], CLAIMS, flags_of, a.tasks[0])
         print(f"study: {a.out}/table.md, results.json, success.png, cknna.png, rscl_floor.png")
     stopped = [name for why, _, name in failed if why == "stopped"]
     broken = [f"{name} ({what})" for why, what, name in failed if why == "failed"]
