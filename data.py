@@ -103,9 +103,9 @@ def open_dataset(path, layout="robomimic", cameras=None, horizon=16, split="trai
     if os.path.isdir(path):
         from lerobot_data import LeRobotDemos   # pyarrow and PyAV only when a LeRobot dataset is read
         return LeRobotDemos(path, cameras, action=action, **kw)
-    if action:
+    if action and action != LAYOUTS.get(layout, {}).get("action"):   # the layout's own: DemoDataset names the layout
         raise DataError(f"--action-key {action} is for LeRobot dataset folders and {path} is a file (its actions are "
-                        f"data/demo_N/actions): drop --action-key")
+                        f"data/demo_N/actions)", "drop --action-key")
     return DemoDataset(path, cameras, **kw)
 
 
@@ -125,7 +125,7 @@ def check_demo(path, name, g, image_keys, proprio_keys, like):
               ([] if "actions" in g else ["actions"])
     if missing:
         obs = sorted(g["obs"].keys()) if "obs" in g else []
-        raise DataError(f"{path}: {name} lacks {missing} (its obs keys: {obs}): pick the file's --layout, or "
+        raise DataError(f"{path}: {name} lacks {missing} (its obs keys: {obs})", "pick the file's --layout, or "
                         f"cameras with --cameras and proprio keys with --proprio-keys, or drop the demo")
     T, acts = len(g["actions"]), g["actions"]
     if T == 0 or acts.ndim != 2 or any(len(g["obs"][k]) != T for k in image_keys + proprio_keys):
@@ -164,7 +164,7 @@ class DemoDataset:
                  layout="robomimic", orientation=None, flip=None):
         L = layout_of(layout, cameras, proprio_keys, orientation, flip)
         if "action" in L:
-            raise DataError(f"layout '{layout}' is for LeRobot dataset folders and {path} is a file: for an HDF5 file "
+            raise DataError(f"layout '{layout}' is for LeRobot dataset folders and {path} is a file", f"for an HDF5 file "
                             f"use --layout {', '.join(k for k, v in LAYOUTS.items() if 'action' not in v)}")
         self.path, self.cameras, self.H = path, list(L["cameras"]), horizon
         self.proprio_keys, self.orientation, self.flip = L["proprio"], L["orientation"], L["flip"]
@@ -191,8 +191,8 @@ class DemoDataset:
             self.q.append(make_q(lambda k: g["obs"][k][:], self.proprio_keys, self.orientation, self.path))  # (T, 10)
             self.actions.append(g["actions"][:].astype(np.float32))                                         # (T, a)
             if not (np.isfinite(self.q[-1]).all() and np.isfinite(self.actions[-1]).all()):
-                raise DataError(f"{self.path}: {name} has a zero quaternion in {self.proprio_keys[1]}: drop or repair "
-                                f"that demo, or check --proprio-keys and --orientation")
+                raise DataError(f"{self.path}: {name} has a zero quaternion in {self.proprio_keys[1]}",
+                                "drop or repair that demo, or check --proprio-keys and --orientation")
             self.instructions.append(instruction_of(f, name))
             self.index += [(d, t) for t in range(len(self.actions[-1]))]
         self.image_shape, self.action_dim = like["image"], like["action"]
