@@ -57,9 +57,11 @@ args = p.parse_args()
 
 def check_args(a):
     """Every flag's range, before anything runs: the first problem as one line, else None."""
-    for k, lo in dict(episodes=1, execute=1, horizon=0, workers=1, videos=0, seed=0).items():
+    for k, lo in dict(episodes=1, execute=1, horizon=0, workers=1, videos=0).items():
         if getattr(a, k) < lo:
             return f"--{k} must be at least {lo} (got {getattr(a, k)})"
+    if not 0 <= a.seed < 2**32:   # the seeds torch.manual_seed takes
+        return f"--seed must be in [0, {2**32 - 1}] (got {a.seed})"
     if not 0 <= a.init_noise <= 10:   # NaN fails too
         return f"--init-noise must be in [0, 10] (got {a.init_noise})"
     if a.device != "auto" and (not re.fullmatch(r"cpu|cuda(:\d+)?", a.device) or "cuda" in a.device and not torch.cuda.is_available()):

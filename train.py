@@ -119,14 +119,15 @@ RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt
 def check_args(a):
     """Every flag's range, checked once before anything runs: the first problem as one line."""
     at_least = dict(horizon=1, batch_size=1, grad_accum=1, max_iters=1, eval_every=1, eval_iters=1, log_every=1,
-                    ckpt_every=1, stop_after=0, cknna_every=0, workers=0, demos_per_task=0, token_pool=1, seed=0, layer=-1)
+                    ckpt_every=1, stop_after=0, cknna_every=0, workers=0, demos_per_task=0, token_pool=1, layer=-1)
     for k, lo in at_least.items():
         if getattr(a, k) < lo:
             die(f"--{k.replace('_', '-')} must be at least {lo} (got {getattr(a, k)})")
     for k, lo, hi in (("lr", 1e-30, 1e30), ("beta", 1e-30, 1e30), ("tau", 1e-30, 1e30), ("grad_clip", 1e-30, 1e30),
-                      ("warmup", 0, 1), ("lambda_floor", 0, 1), ("weight_decay", 0, 1e30), ("adapter_dropout", 0, 0.99)):
+                      ("warmup", 0, 1), ("lambda_floor", 0, 1), ("weight_decay", 0, 1e30), ("adapter_dropout", 0, 0.99),
+                      ("seed", 0, 2**32 - 1)):   # the seeds torch.manual_seed takes
         if not lo <= getattr(a, k) <= hi:   # NaN fails every comparison
-            die(f"--{k.replace('_', '-')} must be in [{lo:g}, {hi:g}] (got {getattr(a, k)})")
+            die(f"--{k.replace('_', '-')} must be in [{lo}, {hi}] (got {getattr(a, k)})")
     if a.stop_after > a.max_iters:
         die(f"--stop-after {a.stop_after} is past --max-iters {a.max_iters}: the run would end first")
     cams = a.cameras.split(",") if a.cameras else []   # none: the layout's
