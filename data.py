@@ -336,20 +336,15 @@ if __name__ == "__main__":
     fail = lambda msg: ap.exit(2, f"error: {msg}\n")   # one line, the house form
     ap.error = lambda msg: fail(f"{msg}: see python data.py --help")
     args = ap.parse_args()
-    if os.path.exists(args.synthetic):
-        fail(f"{args.synthetic} exists: remove it or choose another path")
     if args.demos < 2 or args.steps < 1 or args.image_size < 16:
         fail(f"--demos must be at least 2 (one for validation), --steps 1, --image-size 16 (got {args.demos}, "
                  f"{args.steps}, {args.image_size})")
-    import tempfile
-    os.makedirs(os.path.dirname(os.path.abspath(args.synthetic)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(args.synthetic) + ".incomplete-",
-                               dir=os.path.dirname(os.path.abspath(args.synthetic)))   # a name of our own
-    os.close(fd)
-    try:
-        write_synthetic(tmp, args.demos, args.steps, args.image_size)
-        os.replace(tmp, args.synthetic)   # written whole or not at all
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from output import OutputError, atomic, claim
+    try:   # one writer; written under a name of our own, then renamed: whole or not at all
+        claim(args.synthetic, "--synthetic")
+        if os.path.exists(args.synthetic):
+            fail(f"{args.synthetic} exists: remove it or choose another path")
+        atomic(args.synthetic, lambda tmp: write_synthetic(tmp, args.demos, args.steps, args.image_size), "--synthetic")
+    except OutputError as e:
+        fail(str(e))
     print(args.synthetic)

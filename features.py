@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from align import teacher_targets
+from output import writing
 
 
 def file_sha1(path, block=1 << 24):
@@ -108,9 +109,11 @@ def build_cache(backbone, ds, root, split, batch_size=32, teacher=None):
             print(f"note: feature cache {e}: rebuilding it", file=sys.stderr)
     tmp = f"{folder}.tmp{os.getpid()}"   # per process: two runs building one key do not share a folder
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    with writing(root, "--cache-dir"):   # an unwritable --cache-dir: one line, before anything is computed
+        os.makedirs(tmp)
     try:
-        return _build(backbone, ds, spec, folder, tmp, split, batch_size, teacher)
+        with writing(root, "--cache-dir"):   # a full disk: one line (the data, checked when opened, is only read)
+            return _build(backbone, ds, spec, folder, tmp, split, batch_size, teacher)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)   # an interrupted or failed build leaves nothing
 
