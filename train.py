@@ -193,6 +193,8 @@ def main():
     spec = dict(cameras=args.cameras.split(",") if args.cameras else None, horizon=args.horizon)
     train_ds = open_like(args.data, vars(args), split="train", max_demos=args.demos_per_task, **spec)
     val_ds = open_like(args.data, vars(args), split="val", **spec)
+    if args.rscl and args.cutoff == "view" and len(train_ds.cameras) == 1:   # z_tilde's pass would see no token
+        die(f"--cutoff view with one camera ({train_ds.cameras[0]}) cuts off every token: use --cutoff token or span")
 
     # --- model ---
     torch.manual_seed(args.seed + rank)
