@@ -10,6 +10,8 @@ the presets for the files people have (ours/robomimic, MimicGen, LIBERO, RoboCas
 read by lerobot_data.py). A synthetic file for tests and quick runs:
     python data.py --synthetic data/synthetic.hdf5
 """
+import functools
+import hashlib
 import json
 import os
 
@@ -39,6 +41,25 @@ def open_demos(path):
         raise DataError(f"data file {path} has no data/demo_N groups (top-level keys: {keys}): "
                         f"it is not in robomimic's layout")
     return f
+
+
+def fingerprint(ds):
+    """What a data set's content is, for the feature cache's key and --resume: a LeRobot folder's own fingerprint, or the
+    sha1 of the HDF5 file (computed once per file version: a --resume and two cache keys read it once)."""
+    if hasattr(ds, "fingerprint"):
+        return ds.fingerprint()
+    st = os.stat(ds.path)
+    return file_sha1(os.path.realpath(ds.path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def file_sha1(path, size=None, mtime_ns=None, block=1 << 24):
+    """sha1 of the file's bytes; size and mtime_ns only key the cache (a file changed since is read again)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def demo_names(f):

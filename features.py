@@ -27,20 +27,13 @@ import torch
 from tqdm import tqdm
 
 from align import teacher_targets
+from data import fingerprint
 from output import writing
-
-
-def file_sha1(path, block=1 << 24):
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_key(backbone, ds, split, teacher=None):
     spec = dict(backbone=backbone.name, layer=backbone.layer, pool=backbone.pool, cameras=ds.cameras, image_shape=list(ds.image_shape),
-                data=ds.fingerprint() if hasattr(ds, "fingerprint") else file_sha1(ds.path),   # a LeRobot folder has its own
+                data=fingerprint(ds),   # the file's sha1; a LeRobot folder has its own
                 split=split, demos=ds.demos, version=2)
     if getattr(ds, "flip", "none") != "none":   # flipped frames give other features (only then: old keys stay valid)
         spec["flip"] = ds.flip

@@ -170,3 +170,15 @@ def load_checkpoint(path):
     if not isinstance(ckpt, dict) or not {"model", "model_config"} <= set(ckpt):
         raise ValueError(f"checkpoint {path} has no 'model'/'model_config': it was not written by train.py")
     return ckpt
+
+
+
+def data_changed(ckpt, fingerprint, data):
+    """--resume: one line if the content of --data (data.fingerprint) is not what the checkpoint was trained on, else
+    None (also for a checkpoint from before fingerprints)."""
+    was = ckpt.get("data_fingerprint")
+    if was and was != fingerprint:
+        return (f"--resume: --data {data} is not the data this run was trained on (content sha1 {fingerprint[:12]}, the "
+                f"checkpoint's {was[:12]}): it changed since (sim.py --extend, regenerated, replaced); resume with the data "
+                f"as it was, or train on the new data in a new run (another --out)")
+    return None

@@ -26,13 +26,13 @@ from tqdm import tqdm
 
 from align import batch_targets, make_teacher
 from backbone import BACKBONES, Backbone, WeightsNotFound, cpu_bf16
-from data import Batches, DataError, open_like
+from data import Batches, DataError, fingerprint, open_like
 from features import build_cache
 from layouts import FLIPS, LAYOUTS, ORIENTATIONS, run_layout
 from loss import rscl_lambda
 from model import SIZES, Policy, make_config
 from output import OutputError
-from runfolder import RunFolder, folder_problem, resume_checkpoint
+from runfolder import RunFolder, data_changed, folder_problem, resume_checkpoint
 
 
 def die(msg, code=2):   # bad input: one clear line on stderr, a non-zero exit, nothing overwritten
@@ -195,6 +195,9 @@ def main():
     val_ds = open_like(args.data, vars(args), split="val", **spec)
     if args.rscl and args.cutoff == "view" and len(train_ds.cameras) == 1:   # z_tilde's pass would see no token
         die(f"--cutoff view with one camera ({train_ds.cameras[0]}) cuts off every token: use --cutoff token or span")
+    data_sha1 = fingerprint(train_ds)   # the data's content: --resume refuses data changed since (sim.py --extend)
+    if problem := data_changed(ckpt or {}, data_sha1, args.data):
+        die(problem)
 
     # --- model ---
     torch.manual_seed(args.seed + rank)
@@ -319,13 +322,13 @@ def main():
         if not master:
             return
         state = dict(model=policy.trainable_state_dict(), optimizer=opt.state_dict(), config=vars(args),
-                     model_config=asdict(cfg), stats=policy.get_stats(), step=it,
+                     model_config=asdict(cfg), stats=policy.get_stats(), step=it, data_fingerprint=data_sha1,
                      rng=dict(torch=torch.get_rng_state(),
                               **({"cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {})))
         folder.save(state, it)   # atomic; a new run's folder takes out's place at its first checkpoint
 
     if master:   # every check has passed: only now is anything written (runfolder.py: nothing lost or half-written)
-        folder.start(dict(args=vars(args), model=asdict(cfg), stats=policy.get_stats()))
+        folder.start(dict(args=vars(args), model=asdict(cfg), stats=policy.get_stats(), data_fingerprint=data_sha1))
         print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} (layer "
               f"{policy.backbone.layer}, D={policy.backbone.dim}, {cfg.vision}), {sum(p.numel() for p in params) / 1e6:.2f}M "
               f"trainable, device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}"
