@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from alignment_metrics import cknna, extract, mutual_knn, run_names
-from runfolder import swap_in
+from output import swap_in
 from stats import spearman, spearman_interval, spearman_p, wilson
 
 TARGETS = {"q": "state q", "action": "next action", "chunk": "action chunk"}

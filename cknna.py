@@ -9,15 +9,15 @@ backbone features, h and z against q, a grouped-bar plot of them, and a PCA of h
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 import torch
 
 from alignment_metrics import cknna, extract, mutual_knn, run_names
-from runfolder import swap_in
+from output import OutputError, claim, new_folder, swap_in, writing
 
 
 # -----------------------------------------------------------------------------
@@ -139,18 +139,19 @@ def analyse(args):
         colours = {"episode appearance": np.array([ids[a] for a in looks])}
         if run_layout(how)["orientation"] != "raw":   # else q is a state vector as given, of unknown meaning
             colours.update({"gripper opening (m)": q[:, 9].astype(float), "end-effector height (m)": q[:, 2].astype(float)})
-        plot_projection(reps["h"].numpy(), colours,
-                        os.path.join(tmp, f"projection_{run.replace('/', '_')}.png"),
-                        title=f"{run}: PCA of the adapter output h (mean over tokens), {n} samples")
+        with writing(out, "--out"):
+            plot_projection(reps["h"].numpy(), colours, os.path.join(tmp, f"projection_{run.replace('/', '_')}.png"),
+                            title=f"{run}: PCA of the adapter output h (mean over tokens), {n} samples")
     if len(set(backbones.values())) > 1:   # allowed, but the legend must say so
         scores = {rep: {f"{r} ({backbones[r]})": v for r, v in d.items()} for rep, d in scores.items()}
-    plot_alignment(scores, os.path.join(tmp, "alignment.png"), args.topk)
     print(f"{'run':24s} {'representation':15s} {'CKNNA':>8s} {'mutual kNN':>11s}   (k = {args.topk})")
     for r in table:
         print(f"{r['run']:24s} {r['representation']:15s} {r['cknna']:8.4f} {r['mutual_knn']:11.4f}")
-    with open(os.path.join(tmp, "scores.json"), "w") as f:
-        json.dump(dict(rows=table, backbones=backbones, data=args.data), f, indent=1)
-    swap_in(tmp, out)
+    with writing(out, "--out"):   # into tmp, which then takes out's place whole
+        plot_alignment(scores, os.path.join(tmp, "alignment.png"), args.topk)
+        with open(os.path.join(tmp, "scores.json"), "w") as f:
+            json.dump(dict(rows=table, backbones=backbones, data=args.data), f, indent=1)
+        swap_in(tmp, out, replace=args.overwrite)
     print(f"figures: {out}/alignment.png, {out}/projection_*.png; scores: {out}/scores.json")
 
 
@@ -186,20 +187,30 @@ def main(argv=None):
     inside = [p for p in args.ckpt + [args.data] if os.path.realpath(p).startswith(os.path.realpath(args.out) + os.sep)]
     if inside:
         die(f"--out {args.out} holds {inside[0]}: name a folder of its own for the results")
+    try:   # one analysis per output: before out is looked at
+        claim(args.out, "--out")
+    except OutputError as e:
+        die(str(e))
     if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out) and not args.overwrite):
         die(f"--out {args.out} already exists{' (a file)' if os.path.isfile(args.out) else ''}: choose another --out"
             f"{'' if os.path.isfile(args.out) else ', or pass --overwrite to replace it once the new results are written'}")
     if os.path.isdir(args.out) and os.listdir(args.out) and "scores.json" not in os.listdir(args.out):
         die(f"--overwrite would delete {args.out}, which holds no scores.json (not a cknna.py output): choose another --out")
     from data import DataError
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    args.tmp = tempfile.mkdtemp(prefix=os.path.basename(args.out) + ".incomplete-", dir=os.path.dirname(args.out) or ".")
+    args.tmp = None
     try:
+        args.tmp = new_folder(args.out, "--out")   # can it be written? before anything is computed
         analyse(args)
-    except (DataError, ValueError) as e:
+    except DataError as e:   # data unlike the run's: the remedy names only flags of cknna.py
+        if [f for f in re.findall(r"--[a-z][a-z-]*", e.remedy) if f not in p._option_string_actions]:
+            die(f"{e.problem}: cknna.py reads --data as each checkpoint's run read its data (its layout, cameras and "
+                f"keys): pass data like that run's, or name q's keys with --proprio-keys")
+        die(str(e))
+    except (OutputError, ValueError) as e:
         die(str(e))
     finally:
-        shutil.rmtree(args.tmp, ignore_errors=True)   # a failed analysis leaves nothing
+        if args.tmp:
+            shutil.rmtree(args.tmp, ignore_errors=True)   # a failed analysis leaves nothing
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ the presets for the files people have (ours/robomimic, MimicGen, LIBERO, RoboCas
 read by lerobot_data.py). A synthetic file for tests and quick runs:
     python data.py --synthetic data/synthetic.hdf5
 """
+import functools
+import hashlib
 import json
 import os
 
@@ -40,6 +42,25 @@ def open_demos(path):
         raise DataError(f"data file {path} has no data/demo_N groups (top-level keys: {keys}): "
                         f"it is not in robomimic's layout")
     return f
+
+
+def fingerprint(ds):
+    """What a data set's content is, for the feature cache's key and --resume: a LeRobot folder's own fingerprint, or the
+    sha1 of the HDF5 file (computed once per file version: a --resume and two cache keys read it once)."""
+    if hasattr(ds, "fingerprint"):
+        return ds.fingerprint()
+    st = os.stat(ds.path)
+    return file_sha1(os.path.realpath(ds.path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def file_sha1(path, size=None, mtime_ns=None, block=1 << 24):
+    """sha1 of the file's bytes; size and mtime_ns only key the cache (a file changed since is read again)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def demo_names(f):
@@ -86,9 +107,9 @@ def open_dataset(path, layout="robomimic", cameras=None, horizon=16, split="trai
     if os.path.isdir(path):
         from lerobot_data import LeRobotDemos   # pyarrow and PyAV only when a LeRobot dataset is read
         return LeRobotDemos(path, cameras, action=action, **kw)
-    if action:
+    if action and action != LAYOUTS.get(layout, {}).get("action"):   # the layout's own: DemoDataset names the layout
         raise DataError(f"--action-key {action} is for LeRobot dataset folders and {path} is a file (its actions are "
-                        f"data/demo_N/actions): drop --action-key")
+                        f"data/demo_N/actions)", "drop --action-key")
     return DemoDataset(path, cameras, **kw)
 
 
@@ -108,7 +129,7 @@ def check_demo(path, name, g, image_keys, proprio_keys, like):
               ([] if "actions" in g else ["actions"])
     if missing:
         obs = sorted(g["obs"].keys()) if "obs" in g else []
-        raise DataError(f"{path}: {name} lacks {missing} (its obs keys: {obs}): pick the file's --layout, or "
+        raise DataError(f"{path}: {name} lacks {missing} (its obs keys: {obs})", "pick the file's --layout, or "
                         f"cameras with --cameras and proprio keys with --proprio-keys, or drop the demo")
     T, acts = len(g["actions"]), g["actions"]
     if T == 0 or acts.ndim != 2 or any(len(g["obs"][k]) != T for k in image_keys + proprio_keys):
@@ -147,7 +168,7 @@ class DemoDataset:
                  layout="robomimic", orientation=None, flip=None):
         L = layout_of(layout, cameras, proprio_keys, orientation, flip)
         if "action" in L:
-            raise DataError(f"layout '{layout}' is for LeRobot dataset folders and {path} is a file: for an HDF5 file "
+            raise DataError(f"layout '{layout}' is for LeRobot dataset folders and {path} is a file", f"for an HDF5 file "
                             f"use --layout {', '.join(k for k, v in LAYOUTS.items() if 'action' not in v)}")
         self.path, self.cameras, self.H = path, list(L["cameras"]), horizon
         self.proprio_keys, self.orientation, self.flip = L["proprio"], L["orientation"], L["flip"]
@@ -174,8 +195,8 @@ class DemoDataset:
             self.q.append(make_q(lambda k: g["obs"][k][:], self.proprio_keys, self.orientation, self.path))  # (T, 10)
             self.actions.append(g["actions"][:].astype(np.float32))                                         # (T, a)
             if not (np.isfinite(self.q[-1]).all() and np.isfinite(self.actions[-1]).all()):
-                raise DataError(f"{self.path}: {name} has a zero quaternion in {self.proprio_keys[1]}: drop or repair "
-                                f"that demo, or check --proprio-keys and --orientation")
+                raise DataError(f"{self.path}: {name} has a zero quaternion in {self.proprio_keys[1]}",
+                                "drop or repair that demo, or check --proprio-keys and --orientation")
             self.instructions.append(instruction_of(f, name))
             self.index += [(d, t) for t in range(len(self.actions[-1]))]
         self.image_shape, self.action_dim = like["image"], like["action"]
@@ -307,20 +328,15 @@ if __name__ == "__main__":
     fail = lambda msg: ap.exit(2, f"error: {msg}\n")   # one line, the house form
     ap.error = lambda msg: fail(f"{msg}: see python data.py --help")
     args = ap.parse_args()
-    if os.path.exists(args.synthetic):
-        fail(f"{args.synthetic} exists: remove it or choose another path")
     if args.demos < 2 or args.steps < 1 or args.image_size < 16:
         fail(f"--demos must be at least 2 (one for validation), --steps 1, --image-size 16 (got {args.demos}, "
                  f"{args.steps}, {args.image_size})")
-    import tempfile
-    os.makedirs(os.path.dirname(os.path.abspath(args.synthetic)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(args.synthetic) + ".incomplete-",
-                               dir=os.path.dirname(os.path.abspath(args.synthetic)))   # a name of our own
-    os.close(fd)
-    try:
-        write_synthetic(tmp, args.demos, args.steps, args.image_size)
-        os.replace(tmp, args.synthetic)   # written whole or not at all
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from output import OutputError, atomic, claim
+    try:   # one writer; written under a name of our own, then renamed: whole or not at all
+        claim(args.synthetic, "--synthetic")
+        if os.path.exists(args.synthetic):
+            fail(f"{args.synthetic} exists: remove it or choose another path")
+        atomic(args.synthetic, lambda tmp: write_synthetic(tmp, args.demos, args.steps, args.image_size), "--synthetic")
+    except OutputError as e:
+        fail(str(e))
     print(args.synthetic)

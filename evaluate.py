@@ -22,8 +22,8 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -35,7 +35,7 @@ from layouts import run_layout
 from model import Policy
 from experts import Expert, blind_waypoints, mean_object_pose
 from layouts import DataError
-from runfolder import swap_in
+from output import OutputError, claim, new_folder, swap_in, writing
 from stats import wilson
 
 
@@ -69,9 +69,11 @@ args = p.parse_args()
 
 def check_args(a):
     """Every flag's range, before anything runs: the first problem as one line, else None."""
-    for k, lo in dict(episodes=1, execute=1, horizon=0, workers=1, videos=0, seed=0).items():
+    for k, lo in dict(episodes=1, execute=1, horizon=0, workers=1, videos=0).items():
         if getattr(a, k) < lo:
             return f"--{k} must be at least {lo} (got {getattr(a, k)})"
+    if not 0 <= a.seed < 2**32:   # the seeds torch.manual_seed takes
+        return f"--seed must be in [0, {2**32 - 1}] (got {a.seed})"
     if not 0 <= a.init_noise <= 10:   # NaN fails too
         return f"--init-noise must be in [0, 10] (got {a.init_noise})"
     if a.device != "auto" and (not re.fullmatch(r"cpu|cuda(:\d+)?", a.device) or "cuda" in a.device and not torch.cuda.is_available()):
@@ -83,9 +85,13 @@ def check_args(a):
 
 def worker(conn, cameras, image_size, reference=None):
     """reference None: the main process sends the actions; expert or blind: the worker computes them here."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle (it was ignored from the start)
     envs, agent = {}, None
     while True:
-        msg = conn.recv()
+        try:
+            msg = conn.recv()
+        except EOFError:   # the parent is gone (interrupted): end quietly
+            break
         if msg[0] == "close":
             break
         if msg[0] == "reset":
@@ -178,6 +184,7 @@ def main():
     out = os.path.normpath(args.out or default)
     if os.path.realpath(args.ckpt).startswith(os.path.realpath(out) + os.sep):
         die(f"--out {out} holds the checkpoint {args.ckpt}: name a folder of its own for the results")
+    claim(out, "--out")   # one evaluation per output, and (next) one that can be written, before any episode runs
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out) and not args.overwrite):
         die(f"output {out} already exists{' (a file)' if os.path.isfile(out) else ''}: pass another --out"
             f"{'' if os.path.isfile(out) else ', or --overwrite to replace it once the new results are written'}")
@@ -189,6 +196,15 @@ def main():
     else:
         policy, state_q = load_policy(args.ckpt, device, tasks)
         cameras, image_size = policy.cfg.cameras, policy.cfg.image_size
+    tmp = new_folder(out, "--out")   # everything is written into tmp, a folder of our own, which then takes out's place
+    try:
+        episodes(args, out, tmp, policy, tasks, reference, state_q, cameras, image_size)
+    finally:   # a failed or interrupted evaluation leaves nothing
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def episodes(args, out, tmp, policy, tasks, reference, state_q, cameras, image_size):
+    """Every episode, then results.json and the GIFs written into tmp, which then becomes out."""
     sim.check_gl()   # one clear line if no offscreen GL backend works
     torch.manual_seed(args.seed)
 
@@ -196,10 +212,12 @@ def main():
     ctx = mp.get_context("spawn")
     n_workers = max(1, min(args.workers, len(jobs)))
     pipes = []
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)   # the workers start with Ctrl-C ignored: no traceback of theirs
     for _ in range(n_workers):
         a, b = ctx.Pipe()
         ctx.Process(target=worker, args=(b, cameras, image_size, reference), daemon=True).start()
         pipes.append(a)
+    signal.signal(signal.SIGINT, sigint)
 
     results = {t: [] for t in tasks}
     videos = {}
@@ -257,9 +275,7 @@ def main():
         lo, hi = wilson(k, n)
         summary[t] = dict(success=k / n, successes=k, episodes=n, wilson95=[lo, hi])
         print(f"{t:8s} success {k}/{n} = {k / n:.2f}  (95% Wilson interval {lo:.2f}-{hi:.2f})")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)   # everything is written into tmp, a folder of our own,
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".incomplete-", dir=os.path.dirname(out) or ".")   # which
-    try:   # then takes out's place: never a mix of two evaluations
+    with writing(out, "--out"):   # into tmp, which then takes out's place: never a mix of two evaluations
         for name, frames in videos.items():
             save_gif(frames, os.path.join(tmp, f"{name}.gif"))
         report = dict(ckpt=reference or os.path.abspath(args.ckpt), appearance=args.appearance, execute=args.execute, init_noise=args.init_noise,
@@ -267,11 +283,16 @@ def main():
                       horizon=args.horizon, summary=summary, episodes=results, seconds=time.time() - t0)
         with open(os.path.join(tmp, "results.json"), "w") as f:
             json.dump(report, f, indent=1)
-        swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        swap_in(tmp, out, replace=args.overwrite)
     print(f"results: {os.path.join(out, 'results.json')}; videos: {', '.join(sorted(videos)) or 'none'} in {out}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OutputError as e:   # a write that failed, or --out in use (output.py)
+        die(str(e))
+    except KeyboardInterrupt:  # the workers ignore Ctrl-C; the results are written only once every episode has run
+        print("\ninterrupted: nothing was written (evaluate.py writes once every episode has run): run it again",
+              file=sys.stderr)
+        sys.exit(130)

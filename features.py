@@ -27,19 +27,13 @@ import torch
 from tqdm import tqdm
 
 from align import teacher_targets
-
-
-def file_sha1(path, block=1 << 24):
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+from data import fingerprint
+from output import writing
 
 
 def cache_key(backbone, ds, split, teacher=None):
     spec = dict(backbone=backbone.name, layer=backbone.layer, pool=backbone.pool, cameras=ds.cameras, image_shape=list(ds.image_shape),
-                data=ds.fingerprint() if hasattr(ds, "fingerprint") else file_sha1(ds.path),   # a LeRobot folder has its own
+                data=fingerprint(ds),   # the file's sha1; a LeRobot folder has its own
                 split=split, demos=ds.demos, version=2)
     if getattr(ds, "flip", "none") != "none":   # flipped frames give other features (only then: old keys stay valid)
         spec["flip"] = ds.flip
@@ -108,9 +102,11 @@ def build_cache(backbone, ds, root, split, batch_size=32, teacher=None):
             print(f"note: feature cache {e}: rebuilding it", file=sys.stderr)
     tmp = f"{folder}.tmp{os.getpid()}"   # per process: two runs building one key do not share a folder
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    with writing(root, "--cache-dir"):   # an unwritable --cache-dir: one line, before anything is computed
+        os.makedirs(tmp)
     try:
-        return _build(backbone, ds, spec, folder, tmp, split, batch_size, teacher)
+        with writing(root, "--cache-dir"):   # a full disk: one line (the data, checked when opened, is only read)
+            return _build(backbone, ds, spec, folder, tmp, split, batch_size, teacher)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)   # an interrupted or failed build leaves nothing
 

@@ -14,7 +14,13 @@ import numpy as np
 
 
 class DataError(Exception):
-    """A data file that cannot be used; the message says what is wrong and what to do."""
+    """A data file that cannot be used; the message says what is wrong and what to do, 'problem: remedy'. A remedy that
+    names train.py's flags for reading data (--layout, --cameras, ...) is given apart, as `remedy`: a script without
+    those flags (cknna.py reads data as the checkpoint's run did) gives its own."""
+
+    def __init__(self, problem, remedy=""):
+        super().__init__(f"{problem}: {remedy}" if remedy else problem)
+        self.problem, self.remedy = problem, remedy
 
 
 LAYOUTS = {
@@ -138,7 +144,7 @@ def parse_key(key):
     A slice that is not [a:b] of integers (either may be left out) -> DataError."""
     m = re.fullmatch(r"([^\[\]]+)(?:\[(-?\d*):(-?\d*)\])?", key)
     if not m:
-        raise DataError(f"proprio key '{key}' is not a name or name[a:b] (a, b integers): fix --proprio-keys")
+        raise DataError(f"proprio key '{key}' is not a name or name[a:b] (a, b integers)", "fix --proprio-keys")
     name, a, b = m.groups()
     return name, slice(int(a) if a else None, int(b) if b else None)
 
@@ -157,7 +163,7 @@ def make_q(read, keys, orientation, where):
     want = 2 if orientation == "none" else 3
     if len(keys) != want:
         raise DataError(f"orientation '{orientation}' needs {want} proprio keys ({'eef position, gripper' if want == 2 else 'eef position, eef orientation, gripper'}), "
-                        f"got {list(keys)}: set --proprio-keys")
+                        f"got {list(keys)}", "set --proprio-keys")
     pos, ori, grip = (parts[0], np.zeros((len(parts[0]), 0)), parts[1]) if want == 2 else parts
     widths = dict(position=(keys[0], pos.shape[1], 3), gripper=(keys[-1], grip.shape[1], "1 or 2"))
     if want == 3:
@@ -167,7 +173,7 @@ def make_q(read, keys, orientation, where):
             fits = [f for f, n in ORIENTATIONS.items() if n == w]
             hint = f"pass --orientation {' or '.join(fits)}" if what == "orientation" and fits else "name another key or slice it, e.g. key[0:3]"
             raise DataError(f"{where}: the {what} key '{key}' has {w} numbers per step, but {what} "
-                            f"{'format ' + repr(orientation) + ' ' if what == 'orientation' else ''}needs {need}: {hint}")
+                            f"{'format ' + repr(orientation) + ' ' if what == 'orientation' else ''}needs {need}", hint)
     return proprio_10d(pos, ori, grip, orientation)
 
 

@@ -110,7 +110,7 @@ class LeRobotDemos:
                  layout="lerobot", orientation=None, flip=None, action=None):
         L = layout_of(layout, cameras, proprio_keys, orientation, flip, action)
         if "action" not in L:
-            raise DataError(f"layout '{layout}' is for HDF5 files and {path} is a folder: for a LeRobot dataset use "
+            raise DataError(f"layout '{layout}' is for HDF5 files and {path} is a folder", f"for a LeRobot dataset use "
                             f"--layout {', '.join(k for k, v in LAYOUTS.items() if 'action' in v)}")
         info_path = os.path.join(path, "meta", "info.json")
         if not os.path.isfile(info_path):
@@ -129,7 +129,7 @@ class LeRobotDemos:
             missing = [k for k in dict.fromkeys(wanted) if k not in feats]
             if missing or not self.cameras:
                 raise DataError(f"{path} has no feature {missing or 'with dtype video or image'} (its features: "
-                                f"{list(feats)}): pick --layout, or name them with --cameras, --proprio-keys and --action-key")
+                                f"{list(feats)})", "pick --layout, or name them with --cameras, --proprio-keys and --action-key")
             self.videos = [c for c in self.cameras if feats[c]["dtype"] == "video"]
             width = {k: int(np.prod(feats[k]["shape"])) for k in wanted[len(self.cameras):]}   # numbers per step
             episodes = self._episodes()                                 # [{episode_index, tasks, length, ...}]
@@ -186,7 +186,7 @@ class LeRobotDemos:
         self._open, self._image_tables = {}, {}
         shapes = {c: self._image(c, 0, 0).shape for c in self.cameras}  # decodes episode 0, frame 0 of every camera
         if len(set(shapes.values())) > 1:
-            raise DataError(f"{path}: the cameras' frames differ in size {shapes}: choose cameras of one size with --cameras")
+            raise DataError(f"{path}: the cameras' frames differ in size {shapes}", "choose cameras of one size with --cameras")
         self.image_shape = shapes[self.cameras[0]]
         self._open, self._image_tables = {}, {}                        # worker processes open their own
 

@@ -272,9 +272,13 @@ def collect(args, tasks, cameras):
     with f:   # --extend: the demos there are checked before anything is written
         demos = list(f.get("data", {}).values())
         views = sorted((k[:-6], v.shape[1]) for k, v in demos[0].get("obs", {}).items() if k.endswith("_image")) if demos else []
-        if demos and (views != sorted((c, args.image_size) for c in cameras) or any({"task", "seed"} - set(g.attrs) for g in demos)):
-            die(f"{args.out} holds demos that sim.py did not collect, or of other cameras {views} (name, px): --extend "
-                f"only a file of sim.py's, with its --cameras and --image-size")
+        envs = json.loads(f["data"].attrs.get("env_args", '{"env_name": "none"}'))["env_name"] if demos else ""
+        ours = {TASKS[t]["env_name"] for t in TASKS}   # sim.py's demos: its envs, their states, a task and a seed each
+        if demos and (set(envs.split(",")) - ours or any({"task", "seed"} - set(g.attrs) or "states" not in g for g in demos)):
+            die(f"{args.out} was not written by sim.py (env {envs}; sim.py's demos have states, a task and a seed): "
+                f"--extend only a file of sim.py's; collect into another --out")
+        if demos and views != sorted((c, args.image_size) for c in cameras):
+            die(f"{args.out} holds demos of other cameras {views} (name, px): --extend it with its --cameras and --image-size")
         data = f.require_group("data")
         old_envs = json.loads(data.attrs.get("env_args", '{"env_name": ""}'))["env_name"].split(",")
         env_names = [TASKS[t]["env_name"] for t in TASKS if t in tasks or TASKS[t]["env_name"] in old_envs]

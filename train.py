@@ -12,7 +12,6 @@ biases and norms), warm-up then cosine lr, gradient clipping and accumulation, p
 atomic checkpoints of plain types, exact --resume, a tqdm bar and a JSONL log in the run folder.
 """
 import argparse
-import json
 import math
 import os
 import re
@@ -27,12 +26,13 @@ from tqdm import tqdm
 
 from align import batch_targets, make_teacher
 from backbone import BACKBONES, Backbone, WeightsNotFound, cpu_bf16
-from data import Batches, DataError, open_like
+from data import Batches, DataError, fingerprint, open_like
 from features import build_cache
 from layouts import FLIPS, LAYOUTS, ORIENTATIONS, run_layout
 from loss import rscl_lambda
 from model import SIZES, Policy, make_config
-from runfolder import RunFolder, changed_flags, folder_problem, load_checkpoint
+from output import OutputError
+from runfolder import RunFolder, data_changed, folder_problem, resume_checkpoint
 
 
 def die(msg, code=2):   # bad input: one clear line on stderr, a non-zero exit, nothing overwritten
@@ -120,15 +120,15 @@ RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt
 def check_args(a):
     """Every flag's range, checked once before anything runs: the first problem as one line."""
     at_least = dict(horizon=1, batch_size=1, grad_accum=1, max_iters=1, eval_every=1, eval_iters=1, log_every=1,
-                    ckpt_every=1, stop_after=0, cknna_every=0, workers=0, demos_per_task=0, token_pool=1, seed=0, layer=-1)
+                    ckpt_every=1, stop_after=0, cknna_every=0, workers=0, demos_per_task=0, token_pool=1, layer=-1)
     for k, lo in at_least.items():
         if getattr(a, k) < lo:
             die(f"--{k.replace('_', '-')} must be at least {lo} (got {getattr(a, k)})")
     for k, lo, hi in (("lr", 1e-30, 1e30), ("beta", 1e-30, 1e30), ("tau", 1e-30, 1e30), ("grad_clip", 1e-30, 1e30),
                       ("warmup", 0, 1), ("lambda_floor", 0, 1), ("weight_decay", 0, 1e30), ("adapter_dropout", 0, 0.99),
-                      ("ema", 0, 0.99999)):
+                      ("ema", 0, 0.99999), ("seed", 0, 2**32 - 1)):   # the seeds torch.manual_seed takes
         if not lo <= getattr(a, k) <= hi:   # NaN fails every comparison
-            die(f"--{k.replace('_', '-')} must be in [{lo:g}, {hi:g}] (got {getattr(a, k)})")
+            die(f"--{k.replace('_', '-')} must be in [{lo}, {hi}] (got {getattr(a, k)})")
     if a.stop_after > a.max_iters:
         die(f"--stop-after {a.stop_after} is past --max-iters {a.max_iters}: the run would end first")
     cams = a.cameras.split(",") if a.cameras else []   # none: the layout's
@@ -179,26 +179,26 @@ def main():
     out = os.path.normpath(args.out or f"runs/{args.backbone}-{'rscl' if args.rscl else 'baseline'}{'-align' * args.align}"
                                         f"{'-vision' * args.train_vision}{'-dual' * args.dual_encoder}")
     ckpt_path = os.path.join(out, "ckpt.pt")
+    folder = RunFolder(out, args.resume, args.overwrite, claim=master)   # before any check of out: ours alone
     if problem := folder_problem(out, args.data, args.resume, args.overwrite):
         die(problem)
     step, ckpt = 0, None
     if args.resume:   # the experiment must be the checkpoint's: refuse flags that would change it, by name
         try:
-            ckpt = load_checkpoint(ckpt_path)
+            ckpt = resume_checkpoint(ckpt_path, vars(args), p.get_default, RESUMABLE)
         except ValueError as e:
             die(str(e))
-        saved = {**ckpt.get("config", {}), **run_layout(ckpt.get("config", {}))}   # before --layout: robomimic's
-        if changed := changed_flags(vars(args), saved, p.get_default, RESUMABLE):
-            die(f"--resume: {', '.join(changed)} does not fit the checkpoint: these flags change the experiment; "
-                f"resume with the checkpoint's values, or start a new run (another --out)")
-        step = ckpt["step"]
-        if 0 < args.stop_after <= step:
-            die(f"--stop-after {args.stop_after}: the checkpoint is at step {step} already: give a later step or 0")
+        step = folder.saved = ckpt["step"]
 
     # --- data: an HDF5 file (data.DemoDataset) or a LeRobot dataset folder (lerobot_data.LeRobotDemos) ---
     spec = dict(cameras=args.cameras.split(",") if args.cameras else None, horizon=args.horizon)
     train_ds = open_like(args.data, vars(args), split="train", max_demos=args.demos_per_task, **spec)
     val_ds = open_like(args.data, vars(args), split="val", **spec)
+    if args.rscl and args.cutoff == "view" and len(train_ds.cameras) == 1:   # z_tilde's pass would see no token
+        die(f"--cutoff view with one camera ({train_ds.cameras[0]}) cuts off every token: use --cutoff token or span")
+    data_sha1 = fingerprint(train_ds)   # the data's content: --resume refuses data changed since (sim.py --extend)
+    if problem := data_changed(ckpt or {}, data_sha1, args.data):
+        die(problem)
 
     # --- model ---
     torch.manual_seed(args.seed + rank)
@@ -307,13 +307,10 @@ def main():
     # --- NaN guard: the first step with a non-finite loss or gradient, kept on the device (no sync per step), read
     # at log, eval and checkpoint steps; a checkpoint is written only if it is clean and the weights give a finite loss
     bad = torch.zeros((), dtype=torch.long, device=device)   # 0, or the first bad step + 1
-    folder = RunFolder(out, args.resume, step)
 
     def stop(what, at):
         bar.close()
-        kept = (f"the last good checkpoint (step {folder.saved}) is kept in {ckpt_path}: resume it with a lower --lr"
-                if folder.saved else "no checkpoint had been written, so this run keeps nothing: start again with a lower --lr")
-        die(f"{what} at step {at}: training stopped; {kept}, or check the data", code=3)
+        die(f"{what} at step {at}: training stopped; {folder.kept(' and a lower --lr')}, or check the data", code=3)
 
     def guard(at, row=None):   # one host sync
         if int(bad):
@@ -329,20 +326,17 @@ def main():
         if not master:
             return
         state = dict(model=policy.trainable_state_dict(), optimizer=opt.state_dict(), config=vars(args), ema=ema,
-                     model_config=asdict(cfg), stats=policy.get_stats(), step=it,
+                     model_config=asdict(cfg), stats=policy.get_stats(), step=it, data_fingerprint=data_sha1,
                      rng=dict(torch=torch.get_rng_state(),
                               **({"cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {})))
         folder.save(state, it)   # atomic; a new run's folder takes out's place at its first checkpoint
 
     if master:   # every check has passed: only now is anything written (runfolder.py: nothing lost or half-written)
-        if not args.resume:
-            folder.start(dict(args=vars(args), model=asdict(cfg), stats=policy.get_stats()))
-        n_train = sum(p.numel() for p in params)
-        print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} "
-              f"(layer {policy.backbone.layer}, D={policy.backbone.dim}, {cfg.vision}), {n_train / 1e6:.2f}M trainable, "
-              f"device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}"
+        folder.start(dict(args=vars(args), model=asdict(cfg), stats=policy.get_stats(), data_fingerprint=data_sha1))
+        print(f"{out}: {len(train_ds)} train / {len(val_ds)} val samples, backbone {args.backbone} (layer "
+              f"{policy.backbone.layer}, D={policy.backbone.dim}, {cfg.vision}), {sum(p.numel() for p in params) / 1e6:.2f}M "
+              f"trainable, device {device}, {'RS-CL (' + args.rscl_target + ', ' + args.cutoff + ' cutoff)' if args.rscl else 'baseline'}"
               f"{f', align to {args.teacher} (weight {args.align_weight:g})' if args.align else ''}")
-    log = open(os.path.join(folder.dir, "log.jsonl"), "a" if args.resume else "w") if master else None
 
     # --- the loop ---
     policy.train()
@@ -381,7 +375,7 @@ def main():
             row.update({k: v.item() for k, v in out_.items() if k != "loss_fm"})
             bar.set_postfix(fm=f"{row['loss_fm']:.4f}", rscl=f"{row.get('loss_rscl', 0):.3f}", lam=f"{lam:.2f}",
                             lr=f"{lr:.1e}", sps=f"{row['samples_per_s']:.1f}")
-            log.write(json.dumps(row) + "\n"); log.flush()
+            folder.log(row)
         row = {}
         if master and ((it + 1) % args.eval_every == 0 or it + 1 == args.max_iters):
             row.update(evaluate())
@@ -390,7 +384,7 @@ def main():
         if row:
             guard(it + 1, row)
             row = dict(step=it + 1, **row)
-            log.write(json.dumps(row) + "\n"); log.flush()
+            folder.log(row)
             bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         if (it + 1) % args.ckpt_every == 0 or it + 1 == args.max_iters or it + 1 == args.stop_after:
             save(it + 1)
@@ -405,5 +399,10 @@ def main():
 if __name__ == "__main__":
     try:
         main()
+    except OutputError as e:   # a write that failed (output.py): it says what is kept
+        die(str(e))
+    except KeyboardInterrupt:  # Ctrl-C before --out was claimed (after: RunFolder.claim's handler)
+        print("\ninterrupted: nothing was written", file=sys.stderr)
+        sys.exit(130)
     except DataError as e:   # bad data met at any point, e.g. a video that stops decoding mid-run (from a loader
         die(str(e).strip().splitlines()[-1].split("DataError: ")[-1])   # worker: the traceback's last line)
