@@ -31,10 +31,9 @@ import torch
 from tqdm import tqdm
 
 import sim
-from layouts import run_layout
-from model import Policy
 from experts import Expert, blind_waypoints, mean_object_pose
-from layouts import DataError
+from layouts import DataError, run_layout
+from model import Policy
 from output import OutputError, claim, new_folder, swap_in, writing
 from stats import wilson
 

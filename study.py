@@ -258,12 +258,12 @@ def main():
     if a.seeds < 1 or a.iters < 1 or a.episodes < 1 or a.unseen < 0:
         die(f"--seeds, --iters and --episodes must be at least 1, --unseen 0 (got {a.seeds}, {a.iters}, "
             f"{a.episodes}, {a.unseen})")
-    if not os.path.isfile(a.data):
-        die(f"--data {a.data} does not exist: collect it with bash main.sh (or sim.py, see the README)")
-    a.tasks, a.train_args, a.eval_args = a.tasks.split(","), a.train_args.split(), a.eval_args.split()
     a.references = [r for r in a.references.split(",") if r]
     if bad := [r for r in a.references if r not in ("expert", "blind")] or len(set(a.references)) != len(a.references):
         die(f"--references {','.join(a.references)}: name expert and/or blind, each once (or '' for none)")
+    if not os.path.isfile(a.data):
+        die(f"--data {a.data} does not exist: collect it with bash main.sh (or sim.py, see the README)")
+    a.tasks, a.train_args, a.eval_args = a.tasks.split(","), a.train_args.split(), a.eval_args.split()
     a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out or os.path.join("study", a.preset))
     a.cache_dir = os.path.abspath(a.cache_dir)
     grid = [(v, s, os.path.join(a.out, f"{v}-s{s}")) for v in variants for s in range(a.seeds)]

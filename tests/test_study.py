@@ -49,7 +49,11 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
     assert json.load(open(out / "rscl-s0" / "eval-lift-unseen" / "study.json"))["evaluate"]["horizon"] == "8"
     res = json.load(open(out / "results.json"))
     runs = {x["variant"]: x for x in res["runs"]}
-    assert set(runs) == {"baseline", "rscl"}
+    assert set(runs) == {"baseline", "rscl", "expert", "blind"}   # the references ran on the same episodes
+    for ref in ("expert", "blind"):
+        assert runs.pop(ref)["success"]["lift-seen"][1] == 1
+        got = json.load(open(out / "references" / f"{ref}-lift-seen" / "results.json"))
+        assert got["ckpt"] == ref and got["episodes"]["lift"][0]["seed"] == sim_seed()
     for x in runs.values():
         assert x["success"]["lift-seen"][1] == 1 and x["success"]["lift-unseen"][1] == 1
         assert set(x["cknna"]) == {"backbone", "h", "z"} and np.isfinite(x["cknna"]["h"])   # small N: may pass 1
@@ -58,7 +62,7 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
     claims = {c["claim"]: c for c in res["claims"]}
     assert "RS-CL raises success" in claims and claims["RS-CL aligns h with q (CKNNA)"]["verdict"].startswith("inconclusive")
     table = open(out / "table.md").read()
-    assert "| baseline |" in table and "| rscl | `--rscl` |" in table
+    assert "| baseline |" in table and "| rscl | `--rscl` |" in table and "| expert | (no training) | - |" in table
     for fig in ("success.png", "cknna.png", "rscl_floor.png"):
         assert (out / fig).stat().st_size > 1000
     # a third run finds everything done: no command is run again
@@ -67,10 +71,16 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
     assert r.returncode == 0 and "$ " not in r.stdout and os.path.getmtime(out / "rscl-s0" / "ckpt.pt") == stamp
 
 
+def sim_seed():
+    import sim
+    return sim.episode_seed("eval", "lift", 0)
+
+
 def test_study_bad_input_is_one_line(tmp_path):
     for args, says in ((["--preset", "nope"], "unknown preset"), (["--variants", "baseline,magic"], "unknown variant"),
                        (["--data", str(tmp_path / "none.hdf5")], "does not exist"), (["--seeds", "0"], "at least 1"),
-                       (["--variants", "rscl,baseline,rscl"], "--variants lists rscl twice")):
+                       (["--variants", "rscl,baseline,rscl"], "--variants lists rscl twice"),
+                       (["--references", "expert,oracle"], "name expert and/or blind")):
         r = subprocess.run([sys.executable, "study.py", *args], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
@@ -86,7 +96,7 @@ def fake_run(out, variant, data, iters=3, **args):
     folder = out / f"{variant}-s0"
     folder.mkdir(parents=True)
     saved = dict(backbone="dinov2-s", cameras="agentview,robot0_eye_in_hand", token_pool=2, adapter_dropout=0.0,
-                 lr=0.001, cache_features=True, rscl=variant != "baseline", data=str(data), max_iters=iters, seed=0,
+                 lr=0.001, ema=0.999, cache_features=True, rscl=variant != "baseline", data=str(data), max_iters=iters, seed=0,
                  out=str(folder), cache_dir="/elsewhere/cache", batch_size=32, resume=False, overwrite=False)
     (folder / "config.json").write_text(json.dumps(dict(args={**saved, **args}, model={}, stats={})))
     torch.save(dict(step=iters, model={}), folder / "ckpt.pt")
@@ -106,7 +116,8 @@ def fake_run(out, variant, data, iters=3, **args):
 def study(out, data, *extra, variants="rscl"):
     return subprocess.run([sys.executable, "study.py", "--variants", variants, "--seeds", "1", "--iters", "3",
                            "--episodes", "1", "--unseen", "1", "--data", str(data), "--out", str(out),
-                           "--cache-dir", str(out / "cache"), *extra], cwd=ROOT, capture_output=True, text=True)
+                           "--cache-dir", str(out / "cache"), "--references", "", *extra], cwd=ROOT, capture_output=True,
+                          text=True)
 
 
 def test_study_refuses_a_run_trained_with_other_flags(tmp_path):
@@ -228,7 +239,7 @@ def test_study_ctrl_c_and_a_failed_training_say_what_is_true(tmp_path, child):
     data, out = tmp_path / "demos.hdf5", tmp_path / "study"
     data.write_bytes(b"demos")
     r = subprocess.run([sys.executable, "-c", FAKE_CHILD, child, "--variants", "rscl", "--seeds", "1", "--data", str(data),
-                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+                        "--out", str(out), "--references", ""], cwd=ROOT, capture_output=True, text=True)
     assert "Traceback" not in r.stderr and "re-run to retry" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     if child == "interrupt":
@@ -249,7 +260,7 @@ def test_study_results_hold_no_absolute_paths_of_the_repository(tmp_path):
         shutil.move(str(tmp_path / "x" / "rscl-s0"), os.path.join(out, "rscl-s0"))
         r = subprocess.run([sys.executable, "study.py", "--variants", "rscl", "--seeds", "1", "--iters", "3",
                             "--episodes", "1", "--unseen", "1", "--data", os.path.relpath(data, ROOT), "--out", out,
-                            "--report-only"], cwd=ROOT, capture_output=True, text=True)
+                            "--report-only", "--references", ""], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
         res = json.load(open(os.path.join(out, "results.json")))
         name = os.path.basename(inside)
