@@ -24,6 +24,11 @@ from layouts import run_layout
 from output import OutputError, atomic, claim, new_folder, swap_in, writing
 
 
+# what --resume may change (how a run is executed and logged; --lr: the way back from a NaN); all else must match
+RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt_every", "cknna_every", "stop_after",
+             "compile", "cache_features", "cache_dir", "backbone_path", "out", "resume", "overwrite", "lr", "vision_lr"}
+
+
 def _torch_save(state, path):
     """torch.save through a Python file: a full disk is an OSError (ENOSPC), not torch's RuntimeError."""
     with open(path, "wb") as f:
@@ -121,6 +126,8 @@ class RunFolder:
 
 def folder_problem(out, data, resume, overwrite):
     """What is wrong with starting a run in folder out (one line, for train.py to print), or None."""
+    if resume and overwrite:
+        return "pass --resume (continue the run) or --overwrite (replace it), not both"
     ckpt_path = os.path.join(out, "ckpt.pt")
     there = os.listdir(out) if os.path.isdir(out) else []
     if overwrite and there and not {"ckpt.pt", "config.json"} & set(there):

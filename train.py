@@ -9,7 +9,7 @@ Train the RS-CL policy: flow matching on action chunks, plus lambda * RS-CL with
 
 A plain nanoGPT-shaped loop: bf16 autocast on CUDA (and on CPUs with native bf16 matmuls), AdamW (GR00T's hyper-parameters, no decay on
 biases and norms), warm-up then cosine lr, gradient clipping and accumulation, periodic validation,
-atomic checkpoints of plain types, exact --resume, a tqdm bar and a JSONL log in the run folder.
+atomic checkpoints of plain types, exact --resume, an EMA of the weights (--ema), a tqdm bar and a JSONL log.
 """
 import argparse
 import math
@@ -32,7 +32,7 @@ from layouts import FLIPS, LAYOUTS, ORIENTATIONS, run_layout
 from loss import rscl_lambda
 from model import SIZES, Policy, make_config
 from output import OutputError
-from runfolder import RunFolder, data_changed, folder_problem, resume_checkpoint
+from runfolder import RESUMABLE, RunFolder, data_changed, folder_problem, resume_checkpoint
 
 
 def die(msg, code=2):   # bad input: one clear line on stderr, a non-zero exit, nothing overwritten
@@ -112,9 +112,6 @@ p.add_argument("--precision", default="auto", choices=["auto", "fp32"],
 p.add_argument("--compile", action="store_true", help="torch.compile the training forward (adapter, DiT, losses)")
 args = p.parse_args()
 args.size = args.size or ("tiny" if args.backbone in ("tiny", "dinov2-s") else "paper")   # CPU backbones: tiny
-# what --resume may change (how a run is executed and logged; --lr: the way back from a NaN); all else must match
-RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt_every", "cknna_every", "stop_after",
-             "compile", "cache_features", "cache_dir", "backbone_path", "out", "resume", "overwrite", "lr", "vision_lr"}
 
 
 def check_args(a):
@@ -153,13 +150,10 @@ def check_args(a):
         die("pass --train-vision (the copy replaces the frozen encoder) or --dual-encoder (both), not both")
     if a.vision_lr is not None and not trainable or not 0 <= (a.vision_lr or 0) <= 1e30:
         die(f"--vision-lr {a.vision_lr}: give a value >= 0 together with --train-vision or --dual-encoder")
-    if a.cache_features and a.augment:
-        die("--cache-features cannot be used with --augment: augmented images give new features at every step")
-    if trainable and a.cache_features:
-        die(f"--cache-features cannot be used with {trainable}: its features change at every step; drop --cache-features")
+    if a.cache_features and (a.augment or trainable):   # augmented images, or a trainable encoder: new features each step
+        die(f"--cache-features cannot be used with {trainable or '--augment'}: its features change at every step; "
+            f"drop --cache-features")
     a.vision_lr = (a.lr / 10 if a.vision_lr is None else a.vision_lr) if trainable else None   # the default, resolved
-    if a.resume and a.overwrite:
-        die("pass --resume (continue the run) or --overwrite (replace it), not both")
     vars(a).update(run_layout(vars(a)))   # the layout's '' resolved: the config says how the data is read
 
 
@@ -238,7 +232,8 @@ def main():
                    lr_scale=scale) for ps, scale in parts for decay in (True, False)]   # lr_scale: of the schedule
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.95, 0.999), eps=1e-8, fused=device.startswith("cuda"))
     # EMA of the trainable weights (Diffusion Policy's choice for evaluation): saved as ckpt["ema"], the raw ones train
-    ema = {n: w.detach().clone() for n, w in policy.named_parameters() if w.requires_grad} if args.ema else None
+    averaged = {n: w for n, w in policy.named_parameters() if w.requires_grad} if args.ema else {}
+    ema = {n: w.detach().clone() for n, w in averaged.items()} if args.ema else None
     if ckpt is not None:
         ema = {n: v.to(device) for n, v in ckpt["ema"].items()} if args.ema else None
         opt.load_state_dict(ckpt["optimizer"])
@@ -364,10 +359,8 @@ def main():
             guard(it + 1)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if ema is not None:   # e <- decay e + (1 - decay) p
-            for n, w in policy.named_parameters():
-                if w.requires_grad:
-                    ema[n].lerp_(w.detach(), 1 - args.ema)
+        for n, w in averaged.items():   # EMA: e <- decay e + (1 - decay) w
+            ema[n].lerp_(w.detach(), 1 - args.ema)
         if (it + 1) % args.log_every == 0 and master:
             dt, t0 = time.time() - t0, time.time()
             row = dict(step=it + 1, loss_fm=out_["loss_fm"].item(), lr=lr, lam=lam, grad_norm=float(grad_norm),

@@ -71,6 +71,14 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
     assert r.returncode == 0 and "$ " not in r.stdout and os.path.getmtime(out / "rscl-s0" / "ckpt.pt") == stamp
 
 
+def test_wilson_interval_holds_the_rate_itself_at_every_count():
+    """At k = n the interval ends at exactly 1 (50/50 gave 0.99999...: a negative error bar in success.png)."""
+    for n in range(1, 61):
+        for k in range(n + 1):
+            lo, hi = wilson(k, n)
+            assert 0 <= lo <= k / n <= hi <= 1, (k, n, lo, hi)
+
+
 def sim_seed():
     import sim
     return sim.episode_seed("eval", "lift", 0)
