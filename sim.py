@@ -230,6 +230,20 @@ def write_demo(f, task, seed, look, frames, cameras, noise=0.0):
     f.flush()
 
 
+def complete_counts(path, cameras, image_size):
+    """{task: complete demos} of a file of sim.py's with these cameras at this size, read only; else None."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            groups = [g for g in f.get("data", {}).values() if "num_samples" in g.attrs and "task" in g.attrs]
+            views = sorted((k[:-6], v.shape[1]) for k, v in groups[0]["obs"].items() if k.endswith("_image")) if groups else []
+            if not groups or "states" not in groups[0] or views != sorted((c, image_size) for c in cameras):
+                return None
+            return {t: sum(1 for g in groups if g.attrs["task"] == t) for t in TASKS}
+    except OSError:
+        return None
+
+
 def drop_incomplete(f):
     for name in [n for n, g in f["data"].items() if "num_samples" not in g.attrs]:
         del f["data"][name]
@@ -265,6 +279,9 @@ def collect(args, tasks, cameras):
     env_kwargs = dict(robots="Panda", controller="BASIC", control_freq=20, camera_names=cameras,
                       camera_heights=args.image_size, camera_widths=args.image_size)
     path = args.tmp or args.out   # --overwrite: a file of our own beside out, renamed over it on success
+    if args.extend and (counts := complete_counts(args.out, cameras, args.image_size)) and all(counts.get(t, 0) >= args.episodes for t in tasks):
+        print(f"{args.out}: {counts} demos (nothing to add: the file is left as it was)")   # so its runs still fit it
+        return
     try:
         f = h5py.File(path, "a" if args.extend else "w")
     except OSError as e:

@@ -129,6 +129,10 @@ def test_collection_writes_the_documented_layout_and_evaluate_runs(tmp_path):
     with h5py.File(out) as f:
         assert sorted(f["data"]) == ["demo_0", "demo_1", "demo_2"]
         assert [f[f"data/demo_{k}"].attrs["seed"] for k in range(3)] == [sim.episode_seed("collect", "lift", k) for k in range(3)]
+    # --extend with nothing to add leaves the file as it was (its runs' data fingerprint still fits: main.sh re-runs)
+    before = (out.stat().st_size, out.stat().st_mtime_ns)
+    r = collector("--tasks", "lift", "--episodes", "3", "--out", str(out), "--image-size", "64", "--extend")
+    assert r.returncode == 0 and "nothing to add" in r.stdout and (out.stat().st_size, out.stat().st_mtime_ns) == before
     # a tiny checkpoint trained on it, evaluated for one short episode in closed loop
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, "train.py", "--data", str(out), "--max-iters", "2", "--batch-size", "4",
