@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import sim
 from experts import Expert, blind_waypoints, mean_object_pose
-from layouts import DataError, run_layout
+from layouts import DataError, run_layout, state_q
 from model import Policy
 from output import OutputError, claim, new_folder, swap_in, writing
 from stats import wilson
@@ -125,7 +125,7 @@ def worker(conn, cameras, image_size, reference=None):
 
 
 def load_policy(path, device, tasks):
-    """The checkpoint's policy, and state_q(obs, task) -> q (d,) built the way its training data was read: sim.py's
+    """The checkpoint's policy, and q_of(obs, task) -> q (d,) built the way its training data was read: sim.py's
     10-D q, or (privileged) the raw proprio keys and the object state. One clear line when the simulator cannot
     give that q."""
     try:
@@ -146,11 +146,11 @@ def load_policy(path, device, tasks):
             f"{r['proprio_keys']}, --image-flip {r['image_flip']}; the simulator gives upright frames and q from "
             f"{', '.join(offered)} (quat_xyzw or raw): evaluate a run trained on sim.py's demos with their layout")
 
-    state_q = lambda obs, task: sim.state_q(obs["raw"], keys, r["orientation"])   # (d,)
+    q_of = lambda obs, task: state_q(obs["raw"], keys, r["orientation"])   # (d,)
     for task in tasks if "object" in keys else ():   # the object state's width depends on the task: check it first
         env = sim.make_env(task, cameras=())
         try:
-            q = state_q(sim.observation(sim.reset(env, sim.episode_seed("eval", task, 0))), task)
+            q = q_of(sim.observation(sim.reset(env, sim.episode_seed("eval", task, 0))), task)
         except (KeyError, DataError) as e:
             die(f"the simulator cannot give {task}'s q as checkpoint {path} reads it ({e}): evaluate it on its own task")
         finally:
@@ -158,7 +158,7 @@ def load_policy(path, device, tasks):
         if q.shape[0] != cfg.state_dim:
             die(f"checkpoint {path} reads a {cfg.state_dim}-D q, but {task}'s {r['proprio_keys']} is {q.shape[0]}-D here "
                 f"(the object state differs between tasks): evaluate a privileged policy on the task it was trained on")
-    return policy, state_q
+    return policy, q_of
 
 
 def save_gif(frames, path, fps=20):
@@ -191,18 +191,18 @@ def main():
         die(f"--overwrite would delete {out}, which holds no results.json (not an evaluation's folder): choose another --out")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if reference:   # no policy: cameras only for the GIFs
-        policy, cameras, image_size, state_q = None, ("agentview", "robot0_eye_in_hand") if args.videos else (), 128, None
+        policy, cameras, image_size, q_of = None, ("agentview", "robot0_eye_in_hand") if args.videos else (), 128, None
     else:
-        policy, state_q = load_policy(args.ckpt, device, tasks)
+        policy, q_of = load_policy(args.ckpt, device, tasks)
         cameras, image_size = policy.cfg.cameras, policy.cfg.image_size
     tmp = new_folder(out, "--out")   # everything is written into tmp, a folder of our own, which then takes out's place
     try:
-        episodes(args, out, tmp, policy, tasks, reference, state_q, cameras, image_size)
+        episodes(args, out, tmp, policy, tasks, reference, q_of, cameras, image_size)
     finally:   # a failed or interrupted evaluation leaves nothing
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def episodes(args, out, tmp, policy, tasks, reference, state_q, cameras, image_size):
+def episodes(args, out, tmp, policy, tasks, reference, q_of, cameras, image_size):
     """Every episode, then results.json and the GIFs written into tmp, which then becomes out."""
     sim.check_gl()   # one clear line if no offscreen GL backend works
     torch.manual_seed(args.seed)
@@ -242,7 +242,7 @@ def episodes(args, out, tmp, policy, tasks, reference, state_q, cameras, image_s
                 pipes[w].send(("step", args.execute))
         else:
             images = torch.from_numpy(np.stack([state[w]["obs"]["images"] for w in ws]))
-            q = torch.from_numpy(np.stack([state_q(state[w]["obs"], state[w]["job"][0]) for w in ws]))
+            q = torch.from_numpy(np.stack([q_of(state[w]["obs"], state[w]["job"][0]) for w in ws]))
             instructions = [sim.TASKS[state[w]["job"][0]]["instruction"] for w in ws]
             chunks = policy.predict(images, q, instructions, noise=args.init_noise).cpu().numpy()   # (n, H, a)
             for w, chunk in zip(ws, chunks):

@@ -177,6 +177,12 @@ def make_q(read, keys, orientation, where):
     return proprio_10d(pos, ori, grip, orientation)
 
 
+def state_q(raw, keys, orientation):
+    """q (d,) of one step, from a dict of named arrays (sim.py's observation()["raw"]: robosuite's keys, and "object"
+    for the object state a privileged policy appends), as a run trained with --proprio-keys keys reads its demos."""
+    return make_q(lambda k: np.asarray(raw[k])[None], keys, orientation, "the simulator")[0]
+
+
 def minmax_stats(q, a):
     """Min-max statistics of q (S, d) and actions (S, a) as plain lists. A dimension that never changes
     (max - min < 1e-6: a fixed joint, or the rotation of a robot that never turns) keeps min == max; the policy then

@@ -156,13 +156,6 @@ def observation(obs, cameras=CAMERAS):
     return dict(images=images, q=q, raw=raw)
 
 
-def state_q(raw, keys, orientation):
-    """q (d,) as a run trained on sim.py's demos with --proprio-keys keys and --orientation reads it: raw is
-    observation()'s raw dict (robosuite's keys, and "object" for the object state a privileged policy appends)."""
-    from layouts import make_q
-    return make_q(lambda k: np.asarray(raw[k])[None], keys, orientation, "the simulator")[0]
-
-
 def episode_seed(split, task, i):
     """Seed of episode i of `task`: collection seeds lie in [0, 10^6), evaluation seeds from 10^7, so the
     two never meet; tasks take blocks of 10^5."""
@@ -231,17 +224,16 @@ def write_demo(f, task, seed, look, frames, cameras, noise=0.0):
 
 
 def complete_counts(path, cameras, image_size):
-    """{task: complete demos} of a file of sim.py's with these cameras at this size, read only; else None."""
+    """{task: complete demos} of a file of sim.py's with these cameras at this size (read only), else None."""
     import h5py
-    try:
-        with h5py.File(path, "r") as f:
-            groups = [g for g in f.get("data", {}).values() if "num_samples" in g.attrs and "task" in g.attrs]
-            views = sorted((k[:-6], v.shape[1]) for k, v in groups[0]["obs"].items() if k.endswith("_image")) if groups else []
-            if not groups or "states" not in groups[0] or views != sorted((c, image_size) for c in cameras):
-                return None
-            return {t: sum(1 for g in groups if g.attrs["task"] == t) for t in TASKS}
-    except OSError:
-        return None
+    with h5py.File(path, "r") as f:
+        demos = [g for g in f.get("data", {}).values() if "num_samples" in g.attrs and "task" in g.attrs and "states" in g]
+        if demos and views_of(demos[0]) == sorted((c, image_size) for c in cameras):
+            return {t: sum(1 for g in demos if g.attrs["task"] == t) for t in TASKS}
+
+
+def views_of(demo):
+    return sorted((k[:-6], v.shape[1]) for k, v in demo.get("obs", {}).items() if k.endswith("_image"))   # (name, px)
 
 
 def drop_incomplete(f):
@@ -279,7 +271,7 @@ def collect(args, tasks, cameras):
     env_kwargs = dict(robots="Panda", controller="BASIC", control_freq=20, camera_names=cameras,
                       camera_heights=args.image_size, camera_widths=args.image_size)
     path = args.tmp or args.out   # --overwrite: a file of our own beside out, renamed over it on success
-    if args.extend and (counts := complete_counts(args.out, cameras, args.image_size)) and all(counts.get(t, 0) >= args.episodes for t in tasks):
+    if args.extend and h5py.is_hdf5(args.out) and (counts := complete_counts(args.out, cameras, args.image_size)) and all(counts.get(t, 0) >= args.episodes for t in tasks):
         print(f"{args.out}: {counts} demos (nothing to add: the file is left as it was)")   # so its runs still fit it
         return
     try:
@@ -288,7 +280,7 @@ def collect(args, tasks, cameras):
         die(f"cannot open {args.out} as HDF5 ({str(e).splitlines()[0]}): choose another --out")
     with f:   # --extend: the demos there are checked before anything is written
         demos = list(f.get("data", {}).values())
-        views = sorted((k[:-6], v.shape[1]) for k, v in demos[0].get("obs", {}).items() if k.endswith("_image")) if demos else []
+        views = views_of(demos[0]) if demos else []
         envs = json.loads(f["data"].attrs.get("env_args", '{"env_name": "none"}'))["env_name"] if demos else ""
         ours = {TASKS[t]["env_name"] for t in TASKS}   # sim.py's demos: its envs, their states, a task and a seed each
         if demos and (set(envs.split(",")) - ours or any({"task", "seed"} - set(g.attrs) or "states" not in g for g in demos)):

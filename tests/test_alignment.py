@@ -106,12 +106,13 @@ def test_targets_are_minmax_then_unit_rows(few):
     minmax = ds.stats()
     t = al.targets(ds, idx, minmax)
     lo, hi = torch.tensor(minmax["q_min"]), torch.tensor(minmax["q_max"])
-    q = 2 * (batch["q"].double() - lo) / (hi - lo).clamp_min(1e-6) - 1
+    scale = lambda x, lo, hi: torch.where(hi - lo < 1e-6, x - lo, 2 * (x - lo) / (hi - lo).clamp_min(1e-6) - 1)   # a
+    q = scale(batch["q"].double(), lo, hi)                                        # constant dimension: x - v
     assert torch.allclose(t["q"], q / q.norm(dim=1, keepdim=True), atol=1e-9)
     assert t["action"].shape == (24, 7) and t["chunk"].shape == (24, 16 * 7)
     assert torch.allclose(t["chunk"].norm(dim=1), torch.ones(24, dtype=torch.float64))
     a_lo, a_hi = torch.tensor(minmax["a_min"]), torch.tensor(minmax["a_max"])
-    a0 = 2 * (batch["A"][:, 0].double() - a_lo) / (a_hi - a_lo).clamp_min(1e-6) - 1
+    a0 = scale(batch["A"][:, 0].double(), a_lo, a_hi)
     assert torch.allclose(t["action"], a0 / a0.norm(dim=1, keepdim=True), atol=1e-9)
 
 

@@ -204,6 +204,7 @@ PRIVILEGED = ["--orientation", "raw", "--proprio-keys", "robot0_eef_pos,robot0_e
 def test_privileged_q_is_the_same_in_training_and_in_evaluation(tmp_path):
     """The q evaluate.py builds from a live observation (sim.state_q) is the q data.py reads from the stored demo."""
     from data import DemoDataset
+    from layouts import state_q
     out = tmp_path / "demos.hdf5"
     assert collector("--tasks", "lift", "--episodes", "1", "--out", str(out), "--image-size", "32").returncode == 0
     ds = DemoDataset(str(out), ["agentview"], horizon=4, split="all", orientation="raw", proprio_keys=PRIVILEGED[-1].split(","))
@@ -213,11 +214,11 @@ def test_privileged_q_is_the_same_in_training_and_in_evaluation(tmp_path):
         obs = sim.reset(env, int(g.attrs["seed"]), json.loads(g.attrs["appearance"]))
     env.close()
     raw = sim.observation(obs, [])["raw"]
-    q = sim.state_q(raw, PRIVILEGED[-1].split(","), "raw")
+    q = state_q(raw, PRIVILEGED[-1].split(","), "raw")
     assert q.shape == (3 + 4 + 2 + 10,)   # eef xyz, eef quat, fingers, then the cube: pos, quat, gripper-to-cube
     assert np.allclose(q, ds.q[0][0], atol=1e-6)
     assert np.allclose(q[9:12], obs["cube_pos"]) and np.allclose(q[-3:], obs["gripper_to_cube_pos"])
-    assert np.allclose(sim.state_q(raw, list(sim.PROPRIO_KEYS), "quat_xyzw"), sim.observation(obs, [])["q"])
+    assert np.allclose(state_q(raw, list(sim.PROPRIO_KEYS), "quat_xyzw"), sim.observation(obs, [])["q"])
 
 
 def evaluate(*args, timeout=300):
