@@ -31,10 +31,14 @@ RESUMABLE = {"workers", "device", "eval_every", "eval_iters", "log_every", "ckpt
 
 def _torch_save(state, path):
     """torch.save through a Python file: a full disk is an OSError (ENOSPC), not torch's RuntimeError."""
-    with open(path, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})   # a Ctrl-C waits for the file
+    try:
+        with open(path, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _write_lines(lines, path):
