@@ -233,9 +233,8 @@ def main():
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.95, 0.999), eps=1e-8, fused=device.startswith("cuda"))
     # EMA of the trainable weights (Diffusion Policy's choice for evaluation): saved as ckpt["ema"], the raw ones train
     averaged = {n: w for n, w in policy.named_parameters() if w.requires_grad} if args.ema else {}
-    ema = {n: w.detach().clone() for n, w in averaged.items()} if args.ema else None
+    ema = {n: (ckpt["ema"][n].to(device) if ckpt else w.detach().clone()) for n, w in averaged.items()} if args.ema else None
     if ckpt is not None:
-        ema = {n: v.to(device) for n, v in ckpt["ema"].items()} if args.ema else None
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.startswith("cuda") and "cuda" in ckpt["rng"]:
