@@ -4,6 +4,7 @@ success rates between two policies, and differences of per-seed means. Plain mat
 
     wilson(k, n)                     -> 95% interval of a success rate k / n
     newcombe(k1, n1, k2, n2)         -> 95% interval of the difference k1/n1 - k2/n2
+    newcombe_paired(x, y)            -> the same for two 0/1 outcomes on the same episodes (pairs x[i], y[i])
     mean_diff_interval(xs, ys)       -> 95% interval of mean(xs) - mean(ys) (Welch)
     spearman(x, y)                   -> Spearman's rank correlation across runs (e.g. CKNNA against success)
     spearman_interval(x, y)          -> its 95% bootstrap interval over runs; spearman_p(x, y): permutation p
@@ -33,6 +34,22 @@ def newcombe(k1, n1, k2, n2, z=Z95):
     (l1, u1), (l2, u2) = wilson(k1, n1, z), wilson(k2, n2, z)
     d = p1 - p2
     return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def newcombe_paired(x, y, z=Z95):
+    """95% interval of mean(x) - mean(y) for paired 0/1 outcomes (two policies on the same seeded episodes):
+    Newcombe's paired method 10 (1998), his hybrid score interval with the Wilson intervals of both rates, corrected
+    by phi, the correlation of the pairs (phi = 0: exactly newcombe()). Returns (difference, low, high)."""
+    x, y = np.asarray(x, bool), np.asarray(y, bool)
+    n = len(x)
+    a, b, c, d = (np.sum(x & y), np.sum(x & ~y), np.sum(~x & y), np.sum(~x & ~y))   # the 2 x 2 table of pairs
+    p1, p2 = (a + b) / n, (a + c) / n
+    (l1, u1), (l2, u2) = wilson(a + b, n, z), wilson(a + c, n, z)
+    denom = math.sqrt(float((a + b) * (c + d) * (a + c) * (b + d)))
+    phi = (float(a * d) - float(b * c)) / denom if denom else 0.0
+    low = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return p1 - p2, p1 - p2 - low, p1 - p2 + high
 
 
 def t_quantile(df, p=0.975):

@@ -58,6 +58,9 @@ PRESETS = {
     "paper-ablations": dict(variants=["baseline", "rscl", "rscl-sharp", "infonce", "action", "token", "span",
                                       "rscl-beta0.3", "rscl-floor", "rscl-pooled-h"], episodes=50, unseen=50),
     # the related methods on the same policy (issue: align and the dual encoder); their claim is about unseen looks
+    # issue 22's study of two demo regimes (README: the plan), one study folder per regime (--train-args
+    # "--demos-per-task 30"); the episodes per seed from the power plan
+    "regimes": dict(variants=["baseline", "rscl"], episodes=150, unseen=50),
     "related": dict(variants=["baseline", "rscl", "align", "dual", "rscl-align"], episodes=50, unseen=50),
 }
 # the paper's claims, each "A beats B" on a metric (success on seen looks, or CKNNA(h, q))
@@ -189,11 +192,22 @@ def read_reference(a, ref):
     return r if r["success"] else None
 
 
+def outcomes(out, task):
+    """Episode i's success in evaluation folder out as the i-th character of a '0'/'1' string: episode i has the same
+    seed for every variant, so two runs' strings pair episode by episode (study_report: paired intervals)."""
+    res, _ = runkey.read_json(os.path.join(out, "results.json"))
+    try:
+        eps = sorted(res["episodes"][task], key=lambda e: e["episode"])
+        return "".join("1" if e["success"] else "0" for e in eps)
+    except (KeyError, TypeError):   # an evaluation from before per-episode results: no pairs (unpaired intervals)
+        return None
+
+
 def read_run(a, variant, seed, folder, train):
     """What a finished run measured: success counts per task and look, CKNNA rows, final log values, curves.
     None (with a note naming the file and what is wrong) for a run that is damaged or not this study's."""
     name = f"{variant}-s{seed}"
-    r = dict(variant=variant, seed=seed, folder=rel(folder), success={}, cknna={})
+    r = dict(variant=variant, seed=seed, folder=rel(folder), success={}, outcomes={}, cknna={})
     damaged = [runkey.run_problem(folder, train[2:], a.data)]
     for task in a.tasks:
         for look, n in (("seen", a.episodes), ("unseen", a.unseen)):
@@ -203,6 +217,7 @@ def read_run(a, variant, seed, folder, train):
             got, why = runkey.read_eval(out, task, eval_cmd(a, folder, task, look, n)[2:])
             if got:
                 r["success"][f"{task}-{look}"] = got
+                r["outcomes"][f"{task}-{look}"] = outcomes(out, task)
             elif why != "missing":
                 damaged.append(f"eval-{task}-{look}: {why}")
     got, why = runkey.read_scores(os.path.join(folder, "cknna"))
@@ -266,7 +281,8 @@ def main():
     a.tasks, a.train_args, a.eval_args = a.tasks.split(","), a.train_args.split(), a.eval_args.split()
     a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out or os.path.join("study", a.preset))
     a.cache_dir = os.path.abspath(a.cache_dir)
-    grid = [(v, s, os.path.join(a.out, f"{v}-s{s}")) for v in variants for s in range(a.seeds)]
+    grid = [(v, s, os.path.join(a.out, f"{v}-s{s}")) for s in range(a.seeds) for v in variants]   # a study cut
+    # short holds every variant at its first seeds (paired runs), not one variant's seeds
     train = {f: train_cmd(a, v, s, f) for v, s, f in grid}
     failed = []
     if not a.report_only:

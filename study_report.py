@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from stats import mean_diff_interval, newcombe, verdict, wilson
+from stats import mean_diff_interval, newcombe, newcombe_paired, verdict, wilson
 
 def pooled(runs, key):
     k = sum(r["success"][key][0] for r in runs if key in r["success"])
@@ -26,8 +26,29 @@ def compare(by_variant, a, b, metric, task):
         xs = [r["cknna"]["h"] for r in by_variant[a] if "h" in r["cknna"]]
         ys = [r["cknna"]["h"] for r in by_variant[b] if "h" in r["cknna"]]
         return mean_diff_interval(xs, ys) if xs and ys else None
-    (k1, n1), (k2, n2) = pooled(by_variant[a], f"{task}-{metric}"), pooled(by_variant[b], f"{task}-{metric}")
-    return newcombe(k1, n1, k2, n2) if n1 and n2 else None
+    key = f"{task}-{metric}"
+    if pairs := paired(by_variant[a], by_variant[b], key):   # the same seeded episodes: pair them
+        return (*newcombe_paired(*pairs), f"paired, {len(pairs[0])} episodes")
+    (k1, n1), (k2, n2) = pooled(by_variant[a], key), pooled(by_variant[b], key)
+    return (*newcombe(k1, n1, k2, n2), "unpaired") if n1 and n2 else None
+
+
+def paired(runs_a, runs_b, key):
+    """Per-episode outcomes of a's and b's runs of the same training seed, episode i against episode i (the same
+    evaluation seed), concatenated over the seeds both have: (x, y) 0/1 lists, or None when a run of a pair has
+    none (then every run of both is compared unpaired, so both sides count the same episodes)."""
+    b_of = {r["seed"]: r for r in runs_b}
+    both = [(r, b_of[r["seed"]]) for r in runs_a if r["seed"] in b_of]
+    if len(both) != len(runs_a) or len(both) != len(runs_b):
+        return None
+    x, y = [], []
+    for ra, rb in both:
+        oa, ob = ra.get("outcomes", {}).get(key), rb.get("outcomes", {}).get(key)
+        if not oa or not ob or len(oa) != len(ob):
+            return None
+        x += [c == "1" for c in oa]
+        y += [c == "1" for c in ob]
+    return (x, y) if x else None
 
 
 def report(out, config, runs, claims_of, flags_of, task):
@@ -50,15 +71,17 @@ def report(out, config, runs, claims_of, flags_of, task):
     claims = []
     for name, x, y, metric in claims_of:
         if x in by_variant and y in by_variant and (c := compare(by_variant, x, y, metric, task)):
-            d, lo, hi = c
+            d, lo, hi, *how = c
             claims.append(dict(claim=name, better=x, worse=y, metric=metric, difference=d, low=lo, high=hi,
+                               interval=how[0] if how else "Welch over seeds",
                                verdict=verdict(lo, hi) if np.isfinite(lo) else "inconclusive (one seed)"))
-    lines += ["", "| the paper's claim | metric | difference (95% interval) | verdict |", "|---|---|---|---|"]
+    lines += ["", "| the paper's claim | metric | difference (95% interval) | interval | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {c['claim']} ({c['better']} vs {c['worse']}) | {c['metric']} | {c['difference']:+.3f} "
-              f"({c['low']:+.3f} to {c['high']:+.3f}) | {c['verdict']} |" for c in claims]
+              f"({c['low']:+.3f} to {c['high']:+.3f}) | {c['interval']} | {c['verdict']} |" for c in claims]
     lines += ["", f"Success: {task} episodes pooled over seeds (fixed evaluation seeds shared by every variant), "
-              "Wilson intervals; differences of success: Newcombe's interval on the pooled episodes (it ignores "
-              "the spread between seeds: see the per-seed column). CKNNA: mean ± sd over seeds, k = 10, held-out "
+              "Wilson intervals; differences of success: Newcombe's interval, paired episode by episode where both "
+              "variants ran the same seeds' episodes (his paired method 10), else on the pooled episodes; either "
+              "ignores the spread between training seeds: see the per-seed column. CKNNA: mean ± sd over seeds, k = 10, held-out "
               "demos of every task; differences: Welch's interval over seeds. n_pos, RS-CL excess: the last "
               "validation values (effective positives per anchor; loss minus the targets' entropy)."]
     table = "\n".join(lines) + "\n"

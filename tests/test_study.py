@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sim
-from stats import mean_diff_interval, newcombe, t_quantile, verdict, wilson
+from stats import mean_diff_interval, newcombe, newcombe_paired, t_quantile, verdict, wilson
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +61,8 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
     assert runs["rscl"]["final"]["val_n_pos"] is not None and runs["baseline"]["final"]["val_n_pos"] is None
     claims = {c["claim"]: c for c in res["claims"]}
     assert "RS-CL raises success" in claims and claims["RS-CL aligns h with q (CKNNA)"]["verdict"].startswith("inconclusive")
+    assert claims["RS-CL raises success"]["interval"] == "paired, 1 episodes"   # the same seeded episode, paired
+    assert all(len(x["outcomes"]["lift-seen"]) == 1 for x in runs.values())
     table = open(out / "table.md").read()
     assert "| baseline |" in table and "| rscl | `--rscl` |" in table and "| expert | (no training) | - |" in table
     for fig in ("success.png", "cknna.png", "rscl_floor.png"):
@@ -69,6 +71,23 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
     stamp = os.path.getmtime(out / "rscl-s0" / "ckpt.pt")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "$ " not in r.stdout and os.path.getmtime(out / "rscl-s0" / "ckpt.pt") == stamp
+
+
+def test_paired_interval_is_newcombes_when_pairs_are_uncorrelated_and_narrower_when_they_agree():
+    # a table of pairs with ad = bc (phi = 0): 4 both, 2 only x, 2 only y, 1 neither -> the unpaired interval
+    x, y = [1] * 4 + [1] * 2 + [0] * 2 + [0], [1] * 4 + [0] * 2 + [1] * 2 + [0]
+    assert np.allclose(newcombe_paired(x, y), newcombe(6, 9, 6, 9))
+    rng = np.random.default_rng(0)
+    x = rng.random(300) < 0.7
+    y = x.copy()
+    y[:20] = False                                  # y fails 20 episodes x succeeds at (or both failed): correlated
+    d, lo, hi = newcombe_paired(x, y)
+    assert abs(d - (x.sum() - y.sum()) / 300) < 1e-12 and lo <= d <= hi
+    d2, lo2, hi2 = newcombe(x.sum(), 300, y.sum(), 300)
+    assert hi - lo < 0.6 * (hi2 - lo2)              # pairing uses the agreement: a much narrower interval
+    assert lo > 0 > lo2                              # ... which here tells a difference the unpaired one cannot
+    d, lo, hi = newcombe_paired(x, x)                # the same outcomes: no difference, 0 inside a narrow interval
+    assert d == 0 and lo < 0 < hi and hi - lo < 0.02
 
 
 def test_wilson_interval_holds_the_rate_itself_at_every_count():
