@@ -1,0 +1,172 @@
+"""
+Across studies: success against the number of training demos (one study folder per data regime, e.g. study.py's
+`--preset regimes` run with `--train-args "--demos-per-task 30"` and without), the paper's claims regime by regime
+with their intervals, and alignment against success over every run.
+
+    python study_regimes.py study/lift-30 study/lift-360 --out results/regimes
+
+Reads each folder's results.json (study.py writes it; nothing is re-run) and writes to --out:
+  success_vs_demos.png  pooled success with 95% Wilson intervals against training demos, seen and unseen looks, one
+                        line per variant and the references (scripted expert: the ceiling; blind grasp: the floor)
+  regimes.md            the same as a table, the claims per regime, and Spearman's rho of CKNNA(h, q) against success
+  regimes.json          all of it, for plots of your own
+"""
+import argparse
+import json
+import os
+import sys
+
+import h5py
+import numpy as np
+
+from data import split_demos
+from output import OutputError, atomic
+from stats import spearman, spearman_interval, wilson
+from study_report import pooled
+
+LOOKS = ("seen", "unseen")
+
+
+def die(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def training_demos(data, train_args):
+    """How many demos the study's runs trained on: its data file's training split, cut by --demos-per-task."""
+    n = int(train_args[train_args.index("--demos-per-task") + 1]) if "--demos-per-task" in train_args else 0
+    with h5py.File(data, "r") as f:
+        return len(split_demos(f, "train", max_demos=n))
+
+
+def read_study(folder, root):
+    """One study folder -> dict(folder, demos, task, rows: {variant: runs}, claims)."""
+    path = os.path.join(folder, "results.json")
+    try:
+        with open(path) as f:
+            res = json.load(f)
+        config, runs, claims = res["config"], res["runs"], res["claims"]
+        data = config["data"] if os.path.isabs(config["data"]) else os.path.join(root, config["data"])
+        demos = training_demos(data, config["train_args"])
+    except FileNotFoundError as e:
+        die(f"{e.filename} does not exist: run study.py with --out {folder} first (or give the folder it wrote)")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        die(f"{path} is not a readable study.py results.json ({type(e).__name__}: {e}): re-run study.py with "
+            f"--report-only --out {folder} to write it again")
+    rows = {}
+    for r in runs:
+        rows.setdefault(r["variant"], []).append(r)
+    return dict(folder=folder, demos=demos, task=config["tasks"][0], rows=rows, claims=claims)
+
+
+def curve(studies):
+    """{variant: {look: [(demos, k, n), ...]}} over the studies, in order of demos."""
+    out = {}
+    for s in sorted(studies, key=lambda s: s["demos"]):
+        for v, runs in s["rows"].items():
+            for look in LOOKS:
+                k, n = pooled(runs, f"{s['task']}-{look}")
+                if n:
+                    out.setdefault(v, {}).setdefault(look, []).append((s["demos"], k, n))
+    return out
+
+
+def alignment_vs_success(studies):
+    """Spearman's rho of CKNNA(h, q) against seen success over every trained run of every study."""
+    pts = [(r["cknna"]["h"], r["success"][f"{s['task']}-seen"][0] / r["success"][f"{s['task']}-seen"][1])
+           for s in studies for runs in s["rows"].values() for r in runs
+           if not r.get("reference") and "h" in r.get("cknna", {}) and f"{s['task']}-seen" in r["success"]]
+    if len(pts) < 3:
+        return dict(runs=len(pts))
+    x, y = np.array(pts).T
+    lo, hi, used = spearman_interval(x, y)
+    return dict(runs=len(pts), spearman=spearman(x, y), ci95=[lo, hi], bootstrap_used=used, points=pts)
+
+
+def plot(path, cur, task):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    names = list(cur)
+    for ax, look in zip(axes, LOOKS):
+        for i, v in enumerate(names):
+            pts = cur[v].get(look, [])
+            if not pts:
+                continue
+            d, k, n = (np.array(c, float) for c in zip(*pts))
+            p = k / n
+            lo, hi = np.array([wilson(int(a), int(b)) for a, b in zip(k, n)]).T
+            style = dict(ls="--", marker="") if v in ("expert", "blind") else dict(ls="-", marker="o")
+            x = d * (1 + 0.03 * (i - len(names) / 2))   # side by side at each demo count
+            ax.errorbar(x, p, [p - lo, hi - p], capsize=4, label=v, color=f"C{i}", **style)
+        ax.set_xscale("log")
+        ax.set_xlabel("training demos")
+        ax.set_title(f"{task}, {look} looks")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("success (pooled over seeds, 95% Wilson)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), "--out")
+
+
+def table(studies, cur, align):
+    fmt = lambda k, n: f"{k}/{n} = {k / n:.2f} ({wilson(k, n)[0]:.2f}-{wilson(k, n)[1]:.2f})"
+    lines = ["| variant | training demos | seeds | seen (95% Wilson) | unseen |", "|---|---|---|---|---|"]
+    for v in cur:
+        for s in sorted(studies, key=lambda s: s["demos"]):
+            if v in s["rows"]:
+                runs = s["rows"][v]
+                cells = [fmt(*pooled(runs, f"{s['task']}-{look}")) if pooled(runs, f"{s['task']}-{look}")[1] else "-"
+                         for look in LOOKS]
+                seeds = "-" if runs[0].get("reference") else len(runs)
+                lines.append(f"| {v} | {s['demos']} | {seeds} | {cells[0]} | {cells[1]} |")
+    lines += ["", "| training demos | the paper's claim | difference (95% interval) | interval | verdict |",
+              "|---|---|---|---|---|"]
+    for s in sorted(studies, key=lambda s: s["demos"]):
+        lines += [f"| {s['demos']} | {c['claim']} ({c['better']} vs {c['worse']}) | {c['difference']:+.3f} "
+                  f"({c['low']:+.3f} to {c['high']:+.3f}) | {c.get('interval', '')} | {c['verdict']} |"
+                  for c in s["claims"]]
+    if "spearman" in align:
+        lines += ["", f"CKNNA(h, q) against seen success over {align['runs']} runs of every regime: Spearman's rho = "
+                  f"{align['spearman']:+.2f} (95% bootstrap interval {align['ci95'][0]:+.2f} to {align['ci95'][1]:+.2f})."]
+    return "\n".join(lines) + "\n"
+
+
+def text_file(text):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    return write
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.error = lambda msg: die(f"{msg}: see python study_regimes.py --help")
+    p.add_argument("studies", nargs="+", help="study.py output folders, one per data regime")
+    p.add_argument("--out", default="results/regimes")
+    a = p.parse_args()
+    root = os.path.dirname(os.path.abspath(__file__))
+    studies = [read_study(f, root) for f in a.studies]
+    if len({s["task"] for s in studies}) > 1:
+        die(f"the studies evaluated different tasks ({', '.join(sorted({s['task'] for s in studies}))}): give studies of one task")
+    cur, align = curve(studies), alignment_vs_success(studies)
+    text = table(studies, cur, align)
+    blob = json.dumps(dict(studies=[dict(folder=os.path.relpath(os.path.abspath(s["folder"]), root), demos=s["demos"],
+                                         claims=s["claims"]) for s in studies], curve=cur, alignment_vs_success=align),
+                      indent=1)
+    try:
+        os.makedirs(a.out, exist_ok=True)
+        atomic(os.path.join(a.out, "regimes.md"), text_file(text), "--out")
+        atomic(os.path.join(a.out, "regimes.json"), text_file(blob), "--out")
+        plot(os.path.join(a.out, "success_vs_demos.png"), cur, studies[0]["task"])
+    except OutputError as e:
+        die(str(e))
+    except OSError as e:
+        die(f"cannot write to --out {a.out} ({e.strerror}): choose a writable folder")
+    print(text)
+    print(f"written: {a.out}/success_vs_demos.png, regimes.md, regimes.json")
+
+
+if __name__ == "__main__":
+    main()
