@@ -52,6 +52,15 @@ def newcombe_paired(x, y, z=Z95):
     return p1 - p2, p1 - p2 - low, p1 - p2 + high
 
 
+def paired_normal(x, y, z=Z95):
+    """95% normal interval of mean(x - y) over paired outcomes: the mean per-pair difference +- z sd / sqrt(n), the
+    analysis the README's study plan fixed before its runs (newcombe_paired is the better-behaved one near 0 and 1).
+    Returns (difference, low, high)."""
+    d = np.asarray(x, float) - np.asarray(y, float)
+    h = z * d.std() / math.sqrt(len(d))
+    return d.mean(), d.mean() - h, d.mean() + h
+
+
 def t_quantile(df, p=0.975):
     """Student's t quantile by bisection on its CDF (regularised incomplete beta by continued fraction)."""
     def cdf(t):

@@ -21,8 +21,8 @@ import numpy as np
 
 from data import split_demos
 from output import OutputError, atomic
-from stats import spearman, spearman_interval, wilson
-from study_report import pooled
+from stats import paired_normal, spearman, spearman_interval, wilson
+from study_report import paired, pooled
 
 LOOKS = ("seen", "unseen")
 
@@ -69,6 +69,20 @@ def curve(studies):
                 if n:
                     out.setdefault(v, {}).setdefault(look, []).append((s["demos"], k, n))
     return out
+
+
+def planned(s, claim):
+    """The plan's own analysis of a success claim (README, written before the runs): the normal interval of the mean
+    per-episode difference, and the difference seed by seed. None for a claim on CKNNA or without paired episodes."""
+    if claim["metric"] not in LOOKS:
+        return None
+    key, a, b = f"{s['task']}-{claim['metric']}", s["rows"][claim["better"]], s["rows"][claim["worse"]]
+    pairs = paired(a, b, key)
+    if not pairs:
+        return None
+    rate = lambda r: r["success"][key][0] / r["success"][key][1]
+    b_of = {r["seed"]: r for r in b}
+    return dict(normal=paired_normal(*pairs), per_seed=[rate(r) - rate(b_of[r["seed"]]) for r in a])
 
 
 def alignment_vs_success(studies):
@@ -121,12 +135,15 @@ def table(studies, cur, align):
                          for look in LOOKS]
                 seeds = "-" if runs[0].get("reference") else len(runs)
                 lines.append(f"| {v} | {s['demos']} | {seeds} | {cells[0]} | {cells[1]} |")
-    lines += ["", "| training demos | the paper's claim | difference (95% interval) | interval | verdict |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| training demos | the paper's claim | difference (95% interval) | interval | verdict "
+              "| the plan's normal interval | per seed |", "|---|---|---|---|---|---|---|"]
     for s in sorted(studies, key=lambda s: s["demos"]):
-        lines += [f"| {s['demos']} | {c['claim']} ({c['better']} vs {c['worse']}) | {c['difference']:+.3f} "
-                  f"({c['low']:+.3f} to {c['high']:+.3f}) | {c.get('interval', '')} | {c['verdict']} |"
-                  for c in s["claims"]]
+        for c in s["claims"]:
+            pl = planned(s, c)
+            extra = (f"{pl['normal'][1]:+.3f} to {pl['normal'][2]:+.3f} | {', '.join(f'{d:+.3f}' for d in pl['per_seed'])}"
+                     if pl else "- | -")
+            lines.append(f"| {s['demos']} | {c['claim']} ({c['better']} vs {c['worse']}) | {c['difference']:+.3f} "
+                         f"({c['low']:+.3f} to {c['high']:+.3f}) | {c.get('interval', '')} | {c['verdict']} | {extra} |")
     if "spearman" in align:
         lines += ["", f"CKNNA(h, q) against seen success over {align['runs']} runs of every regime: Spearman's rho = "
                   f"{align['spearman']:+.2f} (95% bootstrap interval {align['ci95'][0]:+.2f} to {align['ci95'][1]:+.2f})."]
@@ -153,7 +170,8 @@ def main():
     cur, align = curve(studies), alignment_vs_success(studies)
     text = table(studies, cur, align)
     blob = json.dumps(dict(studies=[dict(folder=os.path.relpath(os.path.abspath(s["folder"]), root), demos=s["demos"],
-                                         claims=s["claims"]) for s in studies], curve=cur, alignment_vs_success=align),
+                                         claims=s["claims"],
+                                         planned={c["claim"]: planned(s, c) for c in s["claims"]}) for s in studies], curve=cur, alignment_vs_success=align),
                       indent=1)
     try:
         os.makedirs(a.out, exist_ok=True)

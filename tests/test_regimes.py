@@ -14,6 +14,7 @@ def fake_study(folder, data, train_args, rates, seeds=2, n=10):
         ref = v in ("expert", "blind")
         for s, k in enumerate(ks[:1] if ref else ks[:seeds]):
             runs.append(dict(variant=v, seed=s, success={"lift-seen": [k, n], "lift-unseen": [k // 2, n]},
+                             outcomes={"lift-seen": "1" * k + "0" * (n - k)},   # episode i: the same seed in every run
                              cknna={} if ref else {"h": 0.5 + 0.01 * k}, **(dict(reference=True) if ref else {})))
     claims = [dict(claim="RS-CL raises success", better="rscl", worse="baseline", metric="seen", difference=0.1,
                    low=-0.1, high=0.3, interval="paired, 20 episodes", verdict="inconclusive")]
@@ -40,6 +41,9 @@ def test_regimes_plot_success_against_training_demos(synthetic, tmp_path):
     assert a["runs"] == 8 and a["spearman"] > 0.9   # CKNNA rises with success in the fake runs
     md = open(out / "regimes.md").read()
     assert "| baseline | 2 | 2 | 7/20 = 0.35" in md and "| 2 | RS-CL raises success (rscl vs baseline) | +0.100" in md
+    # the plan's normal interval on the paired differences: low regime, 4 of 20 pairs differ by +1 -> 0.2 +- 1.96 * 0.4 /
+    # sqrt(20); and the difference seed by seed
+    assert "| +0.025 to +0.375 | +0.200, +0.200 |" in md, md
     assert (out / "success_vs_demos.png").stat().st_size > 1000
 
 
