@@ -1,21 +1,20 @@
 """
-Everything robosuite: the env (Panda, OSC pose, two exterior cameras + the wrist camera), the
-observation the policy reads, exact episode seeding, the scripted experts' rollouts (experts.py), and
-the demo collector:
+Everything robosuite: the env (Panda, OSC pose, two exterior cameras + the wrist camera), the observation the policy
+reads, exact episode seeding, the scripted experts' rollouts (experts.py), and the demo collector:
 
     python sim.py --tasks lift,can,stack --episodes 20 --out data/demos.hdf5
     python sim.py --tasks lift,can,stack --episodes 20 --measure-experts     # success of the experts
 
-Demos are written in robomimic's HDF5 layout (what data.py reads), successful ones only, each with
-its seed and appearance. Collection and evaluation (evaluate.py) make envs and observations here,
-so they cannot drift apart. Appearance (looks.py): table, floor, wall (and, for lift, cube) colours and the
-light are drawn per episode; "seen" looks (collection) and "unseen" looks (an OOD evaluation) take
-their hues from disjoint ranges, so a held-out look is truly new.
+Demos are written in robomimic's HDF5 layout (what data.py reads), successful ones only, each with its seed and
+appearance. Collection and evaluation (evaluate.py) make envs and observations here, so they cannot drift apart.
+Appearance (looks.py): table, floor, wall (and, for lift, cube) colours and the light are drawn per episode; "seen"
+looks (collection) and "unseen" looks (an OOD evaluation) take their hues from disjoint ranges, so a held-out look
+is truly new.
 
-Cameras: agentview, frontview (robosuite's stock view from in front of the table: the whole robot,
-objects about 4 px at 128 px; "sideview" does not exist in PickPlaceCan's arena) and the wrist.
-Note: mj_step computes positions before it integrates, so obs t (from the last substep's kinematics)
-and states[t] differ by one 2 ms physics substep: a replayed state reproduces obs t to ~0.5 mm.
+Cameras: agentview, frontview (robosuite's stock view from in front of the table: the whole robot, objects about 4
+px at 128 px; "sideview" does not exist in PickPlaceCan's arena) and the wrist. Note: mj_step computes positions
+before it integrates, so obs t (from the last substep's kinematics) and states[t] differ by one 2 ms physics
+substep: a replayed state reproduces obs t to ~0.5 mm.
 """
 import argparse
 import json
