@@ -4,6 +4,7 @@ import ast
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,8 +124,14 @@ def absolute_paths(x, key="$"):
 
 
 def committed_results():
-    """Every JSON, Markdown and CSV file under results/, and every JSON file under docs/."""
+    """Every JSON, Markdown and CSV file under results/, every JSON file under docs/, and the ones git tracks under
+    study/ (its run folders, checkpoints and their configs, are ignored and stay on the machine that ran them)."""
     files = [p for ext in ("json", "md", "csv") for p in (ROOT / "results").rglob(f"*.{ext}")]
+    try:
+        tracked = subprocess.run(["git", "ls-files", "study"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    except OSError:   # no git: a copy without history has no study results to check
+        tracked = []
+    files += [ROOT / t for t in tracked if t.endswith((".json", ".md"))]
     return sorted(files + list((ROOT / "docs").rglob("*.json")))
 
 
@@ -185,3 +192,16 @@ def test_readme_and_docs_links_resolve():
             if not path.exists() or ROOT not in path.parents:
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
+def test_readme_file_map_counts_the_lines():
+    """The README's file map gives each file's line count, and its first paragraph the total of the top-level .py
+    files: both are wc -l of today's files, so an edit that grows a file must update them."""
+    text = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `([\w.]+\.(?:py|sh))` \| (\d+) \|", text, re.M)
+    assert len(rows) > 20
+    wrong = [(f, n, len((ROOT / f).read_text().splitlines())) for f, n in rows
+             if int(n) != len((ROOT / f).read_text().splitlines())]
+    assert not wrong, f"README file map: (file, README, wc -l): {wrong}"
+    total = sum(len(p.read_text().splitlines()) for p in ROOT.glob("*.py"))
+    assert f"{total:,} lines of" in text, f"the README's total should read {total:,} lines of Python"
