@@ -81,8 +81,9 @@ def planned(s, claim):
     if not pairs:
         return None
     rate = lambda r: r["success"][key][0] / r["success"][key][1]
-    b_of = {r["seed"]: r for r in b}
-    return dict(normal=paired_normal(*pairs), per_seed=[rate(r) - rate(b_of[r["seed"]]) for r in a])
+    b_of = {r["seed"]: r for r in b if key in r["success"]}
+    return dict(normal=paired_normal(*pairs),
+                per_seed=[rate(r) - rate(b_of[r["seed"]]) for r in a if key in r["success"] and r["seed"] in b_of])
 
 
 def alignment_vs_success(studies):

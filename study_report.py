@@ -35,12 +35,11 @@ def compare(by_variant, a, b, metric, task):
 
 def paired(runs_a, runs_b, key):
     """Per-episode outcomes of a's and b's runs of the same training seed, episode i against episode i (the same
-    evaluation seed), concatenated over the seeds both have: (x, y) 0/1 lists, or None when a run of a pair has
-    none (then every run of both is compared unpaired, so both sides count the same episodes)."""
-    b_of = {r["seed"]: r for r in runs_b}
-    both = [(r, b_of[r["seed"]]) for r in runs_a if r["seed"] in b_of]
-    if len(both) != len(runs_a) or len(both) != len(runs_b):
-        return None
+    evaluation seed), concatenated over the seeds where both runs were evaluated: (x, y) 0/1 lists, or None when
+    there is no such seed or a pair lacks its outcomes (then the pooled episodes are compared unpaired). A study cut
+    short (a seed's second variant not yet evaluated) is compared on the seeds both finished, like with like."""
+    b_of = {r["seed"]: r for r in runs_b if key in r["success"]}
+    both = [(r, b_of[r["seed"]]) for r in runs_a if key in r["success"] and r["seed"] in b_of]
     x, y = [], []
     for ra, rb in both:
         oa, ob = ra.get("outcomes", {}).get(key), rb.get("outcomes", {}).get(key)

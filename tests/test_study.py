@@ -10,6 +10,7 @@ import pytest
 
 import sim
 from stats import mean_diff_interval, newcombe, newcombe_paired, t_quantile, verdict, wilson
+from study_report import paired
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -302,3 +303,12 @@ def test_study_results_hold_no_absolute_paths_of_the_repository(tmp_path):
     assert study(out, data, "--report-only").returncode == 0
     res = json.load(open(out / "results.json"))
     assert res["config"]["data"] == str(data) and res["runs"][0]["folder"] == str(out / "rscl-s0")
+
+
+def test_a_study_cut_short_is_paired_on_the_seeds_both_variants_finished():
+    run = lambda seed, o: dict(seed=seed, success={"lift-seen": [o.count("1"), len(o)]}, outcomes={"lift-seen": o})
+    a = [run(0, "110"), run(1, "111")]
+    b = [run(0, "100"), dict(seed=1, success={}, outcomes={})]   # b's seed 1: trained, not yet evaluated
+    assert paired(a, b, "lift-seen") == ([True, True, False], [True, False, False])
+    assert paired(a, b[1:], "lift-seen") is None                  # no seed evaluated in both: compared unpaired
+    assert paired(a, [run(0, "10")], "lift-seen") is None         # episode counts differ: cannot be paired
