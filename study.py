@@ -225,6 +225,9 @@ def read_run(a, variant, seed, folder, train):
     if why not in (None, "missing"):
         damaged.append(f"cknna: {why}")
     rows, note = runkey.read_log(os.path.join(folder, "log.jsonl"))
+    if rows is not None and not any(damaged) and not r["success"]:   # still training, or stopped before its evaluation
+        print(f"note: {name} is left out of the report: not evaluated yet (run the study again to finish it)", flush=True)
+        return None
     if rows is None or any(damaged):
         print(f"note: {name} is left out of the report: {'; '.join(d for d in damaged + [note] if d)}", flush=True)
         return None

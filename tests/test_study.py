@@ -41,6 +41,8 @@ def test_study_runs_a_tiny_grid_and_resumes(synthetic, tmp_path):
     assert r.returncode == 2 and "stopped at step 2 of 3" in r.stdout and "2 run(s) stopped" in r.stderr, r.stderr[-2000:]
     assert "re-run to continue them" in r.stderr.splitlines()[-1]
     assert not (out / "rscl-s0" / "eval-lift-seen").exists()   # a partial checkpoint is never evaluated
+    assert "baseline-s0 is left out of the report: not evaluated yet" in r.stdout   # nor counted in the report
+    assert not [x for x in json.load(open(out / "results.json"))["runs"] if not x.get("reference")]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--resume" in r.stdout                        # the stopped runs continued from their checkpoints
