@@ -143,8 +143,9 @@ def table(studies, cur, align):
             pl = planned(s, c)
             extra = (f"{pl['normal'][1]:+.3f} to {pl['normal'][2]:+.3f} | {', '.join(f'{d:+.3f}' for d in pl['per_seed'])}"
                      if pl else "- | -")
-            lines.append(f"| {s['demos']} | {c['claim']} ({c['better']} vs {c['worse']}) | {c['difference']:+.3f} "
-                         f"({c['low']:+.3f} to {c['high']:+.3f}) | {c.get('interval', '')} | {c['verdict']} | {extra} |")
+            ci = f"{c['low']:+.3f} to {c['high']:+.3f}" if np.isfinite(c["low"]) else "none: one seed"
+            lines.append(f"| {s['demos']} | {c['claim']} ({c['better']} vs {c['worse']}) | {c['difference']:+.3f} ({ci}) "
+                         f"| {c.get('interval', '')} | {c['verdict']} | {extra} |")
     if "spearman" in align:
         lines += ["", f"CKNNA(h, q) against seen success over {align['runs']} runs of every regime: Spearman's rho = "
                   f"{align['spearman']:+.2f} (95% bootstrap interval {align['ci95'][0]:+.2f} to {align['ci95'][1]:+.2f})."]

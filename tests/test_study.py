@@ -314,3 +314,21 @@ def test_a_study_cut_short_is_paired_on_the_seeds_both_variants_finished():
     assert paired(a, b, "lift-seen") == ([True, True, False], [True, False, False])
     assert paired(a, b[1:], "lift-seen") is None                  # no seed evaluated in both: compared unpaired
     assert paired(a, [run(0, "10")], "lift-seen") is None         # episode counts differ: cannot be paired
+
+
+def test_a_verdict_from_one_training_seed_says_so(tmp_path):
+    """Episodes paired within one pair of runs give an interval for those two runs only: a decided verdict says so."""
+    from study_report import report
+
+    def run(variant, seed, o):
+        return dict(variant=variant, seed=seed, success={"lift-seen": [o.count("1"), len(o)]}, outcomes={"lift-seen": o},
+                    cknna={}, final={}, curve={"loss_rscl": [], "w_entropy": []})
+    claims = [("RS-CL raises success", "rscl", "baseline", "seen")]
+    one = [run("rscl", 0, "1" * 90 + "0" * 10), run("baseline", 0, "1" * 50 + "0" * 50)]
+    report(str(tmp_path / "a"), {}, one, claims, str, "lift")
+    (c,) = json.load(open(tmp_path / "a" / "results.json"))["claims"]
+    assert c["interval"] == "paired, 100 episodes" and c["verdict"].startswith("reproduced (one training seed")
+    two = one + [run("rscl", 1, "1" * 90 + "0" * 10), run("baseline", 1, "1" * 50 + "0" * 50)]
+    report(str(tmp_path / "b"), {}, two, claims, str, "lift")
+    (c,) = json.load(open(tmp_path / "b" / "results.json"))["claims"]
+    assert c["interval"] == "paired, 200 episodes" and c["verdict"] == "reproduced"
