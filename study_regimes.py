@@ -115,6 +115,9 @@ def plot(path, cur, task):
             x = d * (1 + 0.03 * (i - len(names) / 2))   # side by side at each demo count
             ax.errorbar(x, p, [p - lo, hi - p], capsize=4, label=v, color=f"C{i}", **style)
         ax.set_xscale("log")
+        ds = sorted({d for v in names for d, _, _ in cur[v].get(look, [])})
+        ax.set_xticks(ds, [str(d) for d in ds])   # the regimes themselves, not log-scale minor ticks
+        ax.minorticks_off()
         ax.set_xlabel("training demos")
         ax.set_title(f"{task}, {look} looks")
         ax.set_ylim(-0.02, 1.02)
