@@ -22,7 +22,7 @@ import numpy as np
 from data import split_demos
 from output import OutputError, atomic
 from stats import paired_normal, spearman, spearman_interval, wilson
-from study_report import paired, pooled
+from study_report import cell, paired, pooled
 
 LOOKS = ("seen", "unseen")
 
@@ -129,14 +129,12 @@ def plot(path, cur, task):
 
 
 def table(studies, cur, align):
-    fmt = lambda k, n: f"{k}/{n} = {k / n:.2f} ({wilson(k, n)[0]:.2f}-{wilson(k, n)[1]:.2f})"
     lines = ["| variant | training demos | seeds | seen (95% Wilson) | unseen |", "|---|---|---|---|---|"]
     for v in cur:
         for s in sorted(studies, key=lambda s: s["demos"]):
             if v in s["rows"]:
                 runs = s["rows"][v]
-                cells = [fmt(*pooled(runs, f"{s['task']}-{look}")) if pooled(runs, f"{s['task']}-{look}")[1] else "-"
-                         for look in LOOKS]
+                cells = [cell(*pooled(runs, f"{s['task']}-{look}")) for look in LOOKS]
                 seeds = "-" if runs[0].get("reference") else len(runs)
                 lines.append(f"| {v} | {s['demos']} | {seeds} | {cells[0]} | {cells[1]} |")
     lines += ["", "| training demos | the paper's claim | difference (95% interval) | interval | verdict "

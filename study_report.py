@@ -14,6 +14,11 @@ import numpy as np
 
 from stats import mean_diff_interval, newcombe, newcombe_paired, verdict, wilson
 
+def cell(k, n):
+    """A success count as a table cell: k/n = rate (95% Wilson), or - when nothing was run."""
+    return f"{k}/{n} = {k / n:.2f} ({wilson(k, n)[0]:.2f}-{wilson(k, n)[1]:.2f})" if n else "-"
+
+
 def pooled(runs, key):
     k = sum(r["success"][key][0] for r in runs if key in r["success"])
     n = sum(r["success"][key][1] for r in runs if key in r["success"])
@@ -55,7 +60,7 @@ def report(out, config, runs, claims_of, flags_of, task):
     by_variant = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
-    fmt = lambda k, n: f"{k}/{n} = {k / n:.2f} ({wilson(k, n)[0]:.2f}-{wilson(k, n)[1]:.2f})" if n else "-"
+    fmt = cell
     ms = lambda xs: f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1):.3f}" if len(xs) > 1 else (f"{xs[0]:.3f}" if xs else "-")
     lines = [f"| variant | train.py flags | seeds | {task} seen (95% Wilson) | per seed | {task} unseen | "
              f"CKNNA(h, q) | CKNNA(z, q) | val FM | n_pos | RS-CL excess |", "|" + "---|" * 11]
