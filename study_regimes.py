@@ -22,7 +22,7 @@ import numpy as np
 from data import split_demos
 from output import OutputError, atomic
 from stats import paired_normal, spearman, spearman_interval, wilson
-from study_report import cell, paired, pooled
+from study_report import cell, paired, pooled, strict
 
 LOOKS = ("seen", "unseen")
 
@@ -144,7 +144,7 @@ def table(studies, cur, align):
             pl = planned(s, c)
             extra = (f"{pl['normal'][1]:+.3f} to {pl['normal'][2]:+.3f} | {', '.join(f'{d:+.3f}' for d in pl['per_seed'])}"
                      if pl else "- | -")
-            ci = f"{c['low']:+.3f} to {c['high']:+.3f}" if np.isfinite(c["low"]) else "none: one seed"
+            ci = f"{c['low']:+.3f} to {c['high']:+.3f}" if c["low"] is not None and np.isfinite(c["low"]) else "none: one seed"
             lines.append(f"| {s['demos']} | {c['claim']} ({c['better']} vs {c['worse']}) | {c['difference']:+.3f} ({ci}) "
                          f"| {c.get('interval', '')} | {c['verdict']} | {extra} |")
     if "spearman" in align:
@@ -172,10 +172,10 @@ def main():
         die(f"the studies evaluated different tasks ({', '.join(sorted({s['task'] for s in studies}))}): give studies of one task")
     cur, align = curve(studies), alignment_vs_success(studies)
     text = table(studies, cur, align)
-    blob = json.dumps(dict(studies=[dict(folder=os.path.relpath(os.path.abspath(s["folder"]), root), demos=s["demos"],
+    blob = json.dumps(strict(dict(studies=[dict(folder=os.path.relpath(os.path.abspath(s["folder"]), root), demos=s["demos"],
                                          claims=s["claims"],
-                                         planned={c["claim"]: planned(s, c) for c in s["claims"]}) for s in studies], curve=cur, alignment_vs_success=align),
-                      indent=1)
+                                         planned={c["claim"]: planned(s, c) for c in s["claims"]}) for s in studies], curve=cur, alignment_vs_success=align)),
+                      indent=1, allow_nan=False)
     try:
         os.makedirs(a.out, exist_ok=True)
         atomic(os.path.join(a.out, "regimes.md"), text_file(text), "--out")

@@ -19,6 +19,15 @@ def cell(k, n):
     return f"{k}/{n} = {k / n:.2f} ({wilson(k, n)[0]:.2f}-{wilson(k, n)[1]:.2f})" if n else "-"
 
 
+def strict(x):
+    """x for a strict JSON file: NaN and infinities (an interval that one seed cannot give) become null."""
+    if isinstance(x, dict):
+        return {k: strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict(v) for v in x]
+    return None if isinstance(x, float) and not np.isfinite(x) else x
+
+
 def pooled(runs, key):
     k = sum(r["success"][key][0] for r in runs if key in r["success"])
     n = sum(r["success"][key][1] for r in runs if key in r["success"])
@@ -98,7 +107,7 @@ def report(out, config, runs, claims_of, flags_of, task):
         f.write(table)
     os.replace(os.path.join(out, "table.md.tmp"), os.path.join(out, "table.md"))
     with open(os.path.join(out, "results.json.tmp"), "w") as f:
-        json.dump(dict(config=config, runs=runs, claims=claims), f, indent=1)
+        json.dump(strict(dict(config=config, runs=runs, claims=claims)), f, indent=1, allow_nan=False)
     os.replace(os.path.join(out, "results.json.tmp"), os.path.join(out, "results.json"))
     plot(out, by_variant, task)
     print(table)

@@ -332,3 +332,21 @@ def test_a_verdict_from_one_training_seed_says_so(tmp_path):
     report(str(tmp_path / "b"), {}, two, claims, str, "lift")
     (c,) = json.load(open(tmp_path / "b" / "results.json"))["claims"]
     assert c["interval"] == "paired, 200 episodes" and c["verdict"] == "reproduced"
+
+
+def test_results_json_is_strict_json_when_one_seed_gives_no_interval(tmp_path):
+    """A CKNNA claim over one seed per variant has no Welch interval: results.json writes null, never NaN (which
+    Python reads but strict JSON readers refuse), and the table says it has no interval."""
+    from study_report import report
+
+    def run(variant, h):
+        return dict(variant=variant, seed=0, success={"lift-seen": [1, 2]}, outcomes={"lift-seen": "10"},
+                    cknna={"h": h}, final={}, curve={"loss_rscl": [], "w_entropy": []})
+    report(str(tmp_path), {}, [run("rscl", 0.4), run("baseline", 0.3)],
+           [("RS-CL aligns h with q (CKNNA)", "rscl", "baseline", "cknna_h")], str, "lift")
+
+    def refuse(name):
+        raise ValueError(f"{name} in results.json")
+    (c,) = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)["claims"]
+    assert c["low"] is None and c["high"] is None and c["verdict"] == "inconclusive (one seed)"
+    assert abs(c["difference"] - 0.1) < 1e-9
