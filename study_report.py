@@ -16,7 +16,10 @@ from stats import mean_diff_interval, newcombe, newcombe_paired, verdict, wilson
 
 def cell(k, n):
     """A success count as a table cell: k/n = rate (95% Wilson), or - when nothing was run."""
-    return f"{k}/{n} = {k / n:.2f} ({wilson(k, n)[0]:.2f}-{wilson(k, n)[1]:.2f})" if n else "-"
+    if not n:
+        return "-"
+    lo, hi = wilson(k, n)
+    return f"{k}/{n} = {k / n:.2f} ({lo:.2f}-{hi:.2f})"
 
 
 def strict(x):
@@ -69,15 +72,14 @@ def report(out, config, runs, claims_of, flags_of, task):
     by_variant = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
-    fmt = cell
     ms = lambda xs: f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1):.3f}" if len(xs) > 1 else (f"{xs[0]:.3f}" if xs else "-")
     lines = [f"| variant | train.py flags | seeds | {task} seen (95% Wilson) | per seed | {task} unseen | "
              f"CKNNA(h, q) | CKNNA(z, q) | val FM | n_pos | RS-CL excess |", "|" + "---|" * 11]
     for v, rs in by_variant.items():
         seeds = "/".join(f"{r['success'].get(f'{task}-seen', [0, 0])[0]}" for r in rs)
         fin = lambda k: ms([r["final"][k] for r in rs if r["final"].get(k) is not None])
-        lines.append(f"| {v} | {flags_of(v)} | {'-' if rs[0].get('reference') else len(rs)} | {fmt(*pooled(rs, f'{task}-seen'))} | "
-                     f"{seeds} | {fmt(*pooled(rs, f'{task}-unseen'))} | "
+        lines.append(f"| {v} | {flags_of(v)} | {'-' if rs[0].get('reference') else len(rs)} | {cell(*pooled(rs, f'{task}-seen'))} | "
+                     f"{seeds} | {cell(*pooled(rs, f'{task}-unseen'))} | "
                      f"{ms([r['cknna']['h'] for r in rs if 'h' in r['cknna']])} | "
                      f"{ms([r['cknna']['z'] for r in rs if 'z' in r['cknna']])} | {fin('val_loss_fm')} | "
                      f"{fin('val_n_pos')} | {fin('val_rscl_excess')} |")

@@ -336,7 +336,7 @@ def test_a_verdict_from_one_training_seed_says_so(tmp_path):
 
 def test_results_json_is_strict_json_when_one_seed_gives_no_interval(tmp_path):
     """A CKNNA claim over one seed per variant has no Welch interval: results.json writes null, never NaN (which
-    Python reads but strict JSON readers refuse), and the table says it has no interval."""
+    Python reads but strict JSON readers refuse)."""
     from study_report import report
 
     def run(variant, h):
