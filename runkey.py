@@ -23,7 +23,7 @@ import time
 TRAIN_HOW = {"out", "cache_dir", "resume", "overwrite", "stop_after", "workers", "device", "backbone_path", "compile",
              "log_every", "eval_every", "ckpt_every", "cknna_every", "data"}   # --data: compared as a file, below
 EVAL_HOW = {"out", "overwrite", "videos", "workers", "device"}
-DATA_SHA1 = "data_sha1"   # train.py's content hash of --data in config.json (top level or in args), once it has one
+DATA_SHA1 = "data_fingerprint"   # train.py's content hash of --data, at config.json's top level (data.fingerprint)
 ABSENT = object()         # a flag not given
 
 
@@ -112,7 +112,7 @@ def eval_key(argv):
 
 def data_problem(saved, args, asked, data):
     """Why the data file `data` is not the one the run read (None when it is)."""
-    hashed = saved.get(DATA_SHA1, args.get(DATA_SHA1))
+    hashed = saved.get(DATA_SHA1)
     if hashed is not None and os.path.isfile(data):   # the content decides, wherever the file lies
         if sha1(data) == hashed:
             return None

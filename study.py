@@ -203,11 +203,44 @@ def outcomes(out, task):
         return None
 
 
+CARRIED = "its run folder is not on the machine that wrote this report: the row is the earlier results.json's"
+
+
+def carried(a, grid, train):
+    """Rows of the study's earlier results.json for runs whose folders are not on this machine (run folders hold
+    checkpoints, never committed: a study continued on a new machine keeps what it reported instead of training those
+    runs again), but only when that report was of this study: the same data path, steps, tasks, episodes and extra
+    flags, and, where the row recorded them, the same train.py key and data content. {folder: row}"""
+    old, _ = runkey.read_json(os.path.join(a.out, "results.json"))
+    if not isinstance(old, dict):
+        return {}
+    then = old.get("config", {})
+    now = dict(data=rel(a.data), iters=a.iters, tasks=a.tasks, episodes=a.episodes, unseen=a.unseen,
+               train_args=a.train_args, eval_args=a.eval_args)
+    if any(then.get(k) != v for k, v in now.items()):
+        return {}
+    rows = {(r.get("variant"), r.get("seed")): r for r in old.get("runs", []) if not r.get("reference")}
+    keep = {}
+    for v, s, f in grid:
+        r = rows.get((v, s))
+        if r is None or os.path.exists(os.path.join(f, "log.jsonl")):
+            continue   # never reported, or its folder is here: the folder decides
+        key = json.loads(json.dumps(runkey.train_key(train[f][2:])))
+        then_sha1 = r.get("data_sha1")
+        if r.get("train", key) != key or (then_sha1 and not (os.path.isfile(a.data) and runkey.sha1(a.data) == then_sha1)):
+            print(f"note: {v}-s{s}: results.json reports it with other flags or data: trained again", flush=True)
+            continue
+        keep[f] = dict(r, carried=CARRIED)
+    return keep
+
+
 def read_run(a, variant, seed, folder, train):
     """What a finished run measured: success counts per task and look, CKNNA rows, final log values, curves.
     None (with a note naming the file and what is wrong) for a run that is damaged or not this study's."""
     name = f"{variant}-s{seed}"
-    r = dict(variant=variant, seed=seed, folder=rel(folder), success={}, outcomes={}, cknna={})
+    saved, _ = runkey.read_json(os.path.join(folder, "config.json"))
+    r = dict(variant=variant, seed=seed, folder=rel(folder), success={}, outcomes={}, cknna={},
+             train=runkey.train_key(train[2:]), data_sha1=(saved or {}).get(runkey.DATA_SHA1))
     damaged = [runkey.run_problem(folder, train[2:], a.data)]
     for task in a.tasks:
         for look, n in (("seen", a.episodes), ("unseen", a.unseen)):
@@ -287,6 +320,7 @@ def main():
     grid = [(v, s, os.path.join(a.out, f"{v}-s{s}")) for s in range(a.seeds) for v in variants]   # a study cut
     # short holds every variant at its first seeds (paired runs), not one variant's seeds
     train = {f: train_cmd(a, v, s, f) for v, s, f in grid}
+    kept = carried(a, grid, train)   # reported before, folder not here: not trained again
     failed = []
     if not a.report_only:
         misfits = {f: why for f in train if (why := runkey.trained_problem(f, train[f][2:], a.data))}
@@ -302,12 +336,16 @@ def main():
         for i, (v, s, folder) in enumerate(grid):
             print(f"== study {a.preset}: run {i + 1}/{len(grid)}: {v}, seed {s}"
                   f"{' (trained anew: ' + misfits[folder] + ')' if folder in misfits else ''}", flush=True)
+            if folder in kept:
+                print(f"   {v}-s{s}: kept from results.json ({CARRIED.split(':')[0]})", flush=True)
+                continue
             if what := run_one(a, f"{v}-s{s}", folder, train[folder], folder in misfits):
                 failed.append((*what, f"{v}-s{s}"))
                 print(f"   {v}-s{s}: {what[1]}{' failed' * (what[0] == 'failed')}; the study goes on with the next run",
                       flush=True)
     if not a.dry_run:
-        runs = [read_run(a, v, s, f, train[f]) for v, s, f in grid if os.path.isfile(os.path.join(f, "log.jsonl"))]
+        runs = [kept.get(f) or read_run(a, v, s, f, train[f]) for v, s, f in grid
+                if f in kept or os.path.isfile(os.path.join(f, "log.jsonl"))]
         runs += [read_reference(a, ref) for ref in a.references]
         config = dict(vars(a), data=rel(a.data), out=rel(a.out), cache_dir=rel(a.cache_dir))
         flags_of = lambda v: "(no training)" if v not in VARIANTS else f"`{' '.join(VARIANTS[v]) or '(none)'}`"

@@ -191,7 +191,7 @@ def test_study_refuses_a_run_trained_on_other_data(tmp_path):
     # a content hash in config.json decides: the same content anywhere is the same data, other content is not
     import hashlib
     cfg = json.load(open(folder / "config.json"))
-    cfg["args"]["data_sha1"] = hashlib.sha1(data.read_bytes()).hexdigest()
+    cfg["data_fingerprint"] = hashlib.sha1(data.read_bytes()).hexdigest()   # where train.py writes it
     (folder / "config.json").write_text(json.dumps(cfg))
     assert study(out, data, "--dry-run").returncode == 0
     r = study(out, other, "--dry-run")
@@ -350,3 +350,30 @@ def test_results_json_is_strict_json_when_one_seed_gives_no_interval(tmp_path):
     (c,) = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)["claims"]
     assert c["low"] is None and c["high"] is None and c["verdict"] == "inconclusive (one seed)"
     assert abs(c["difference"] - 0.1) < 1e-9
+
+
+def test_a_study_continued_on_another_machine_keeps_its_reported_runs(tmp_path):
+    """Run folders (checkpoints) are never committed: on a new machine the study keeps the rows its results.json
+    reported, marked, instead of training them again; not when the study's flags or the data's content differ."""
+    import shutil
+    data, out = tmp_path / "demos.hdf5", tmp_path / "study"
+    data.write_bytes(b"demos")
+    fake_run(out, "rscl", data)
+    assert study(out, data, "--report-only").returncode == 0
+    row = json.load(open(out / "results.json"))["runs"][0]
+    assert row["train"]["rscl"] is True and "carried" not in row
+    shutil.rmtree(out / "rscl-s0")                       # the machine that trained it is gone
+    r = study(out, data, "--dry-run")
+    assert r.returncode == 0 and "rscl-s0: kept from results.json" in r.stdout and " train.py " not in r.stdout, r.stdout
+    r = study(out, data)                                 # nothing to run; the report keeps the row, marked
+    assert r.returncode == 0, r.stderr
+    (kept,) = json.load(open(out / "results.json"))["runs"]
+    assert kept["carried"] and kept["success"] == row["success"] and kept["cknna"] == row["cknna"]
+    assert "Kept from the earlier results.json" in open(out / "table.md").read()
+    r = study(out, data, "--dry-run", "--train-args", "--lr 5e-4")   # another study: trained again
+    assert " train.py " in r.stdout and "kept from" not in r.stdout
+    res = json.load(open(out / "results.json"))
+    res["runs"][0]["data_sha1"] = "0" * 40               # trained on other content than the file holds now
+    (out / "results.json").write_text(json.dumps(res))
+    r = study(out, data, "--dry-run")
+    assert "results.json reports it with other flags or data: trained again" in r.stdout and " train.py " in r.stdout
