@@ -10,7 +10,9 @@ cknna.py (held-out demos of every task); then one table, the paper's claims with
 Re-running continues: finished trainings, evaluations and scores are kept (a half-trained run resumes), but only
 what fits this study's flags (runkey.py): a trained run whose train.py flags or --data differ from what this study
 would pass is refused by name (--retrain trains those anew: the old folder is replaced at the new first checkpoint);
-an evaluation or CKNNA score that differs or is damaged is run again. Ctrl-C keeps what is finished.
+an evaluation or CKNNA score that differs or is damaged is run again. Ctrl-C keeps what is finished. On another
+machine (run folders are never committed), the runs the committed results.json reports for this same study are kept,
+marked "carried", not trained again; delete their rows, or choose another --out, to train them anew.
 Every variant is a set of train.py flags (VARIANTS); study.py adds no method code of its own.
 Output: <out>/<variant>-s<seed>/ (checkpoints, logs, evaluations: git-ignored), and <out>/results.json,
 <out>/table.md, <out>/success.png, <out>/cknna.png, <out>/rscl_floor.png (small: commit them).

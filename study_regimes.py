@@ -4,10 +4,15 @@ Across studies: success against the number of training demos (one study folder p
 with their intervals, and alignment against success over every run.
 
     python study_regimes.py study/lift-30 study/lift-360 --out results/regimes
+    python study_regimes.py study/lift-30 study/lift-30-privileged study/lift-360 ...   # folders of one regime merge
+
+Folders of the same data and number of demos are one regime: a second folder adds variants to it (e.g. the privileged
+reference, trained with `study.py --variants privileged --seeds 1 --references ""` on the same episodes).
 
 Reads each folder's results.json (study.py writes it; nothing is re-run) and writes to --out:
   success_vs_demos.png  pooled success with 95% Wilson intervals against training demos, seen and unseen looks, one
-                        line per variant and the references (scripted expert: the ceiling; blind grasp: the floor)
+                        line per variant and the references (scripted expert: the ceiling; blind grasp: the floor;
+                        the privileged policy, q holding the cube's state: perfect perception)
   regimes.md            the same as a table, the claims per regime, and Spearman's rho of CKNNA(h, q) against success
   regimes.json          all of it, for plots of your own
 """
@@ -25,6 +30,7 @@ from stats import paired_normal, spearman, spearman_interval, wilson
 from study_report import cell, paired, pooled, strict
 
 LOOKS = ("seen", "unseen")
+REFERENCES = ("expert", "blind", "privileged")   # the ladder beside the variants: drawn dashed, not in the Spearman
 
 
 def die(msg):
@@ -56,7 +62,22 @@ def read_study(folder, root):
     rows = {}
     for r in runs:
         rows.setdefault(r["variant"], []).append(r)
-    return dict(folder=folder, demos=demos, task=config["tasks"][0], rows=rows, claims=claims)
+    return dict(folders=[folder], data=os.path.realpath(data), demos=demos, task=config["tasks"][0], rows=rows,
+                claims=claims)
+
+
+def merge(studies):
+    """Studies of one regime (the same data file and number of demos) as one: their variants side by side."""
+    by = {}
+    for s in studies:
+        m = by.setdefault((s["data"], s["demos"]), dict(s, folders=[], rows={}, claims=[]))
+        if twice := sorted(set(m["rows"]) & set(s["rows"])):
+            die(f"{s['folders'][0]} and {m['folders'][0]} both hold {twice[0]} at {s['demos']} demos: give each "
+                f"variant of a regime once (run the second study with --variants and --references '')")
+        m["folders"] += s["folders"]
+        m["rows"].update(s["rows"])
+        m["claims"] += s["claims"]
+    return list(by.values())
 
 
 def curve(studies):
@@ -89,8 +110,8 @@ def planned(s, claim):
 def alignment_vs_success(studies):
     """Spearman's rho of CKNNA(h, q) against seen success over every trained run of every study."""
     pts = [(r["cknna"]["h"], r["success"][f"{s['task']}-seen"][0] / r["success"][f"{s['task']}-seen"][1])
-           for s in studies for runs in s["rows"].values() for r in runs
-           if not r.get("reference") and "h" in r.get("cknna", {}) and f"{s['task']}-seen" in r["success"]]
+           for s in studies for v, runs in s["rows"].items() for r in runs
+           if v not in REFERENCES and "h" in r.get("cknna", {}) and f"{s['task']}-seen" in r["success"]]
     if len(pts) < 3:
         return dict(runs=len(pts))
     x, y = np.array(pts).T
@@ -111,7 +132,7 @@ def plot(path, cur, task):
             d, k, n = (np.array(c, float) for c in zip(*pts))
             p = k / n
             lo, hi = np.array([wilson(int(a), int(b)) for a, b in zip(k, n)]).T
-            style = dict(ls="--", marker="") if v in ("expert", "blind") else dict(ls="-", marker="o")
+            style = dict(ls="--", marker="s" if v == "privileged" else "") if v in REFERENCES else dict(ls="-", marker="o")
             x = d * (1 + 0.03 * (i - len(names) / 2))   # side by side at each demo count
             ax.errorbar(x, p, [p - lo, hi - p], capsize=4, label=v, color=f"C{i}", **style)
         ax.set_xscale("log")
@@ -167,12 +188,13 @@ def main():
     p.add_argument("--out", default="results/regimes")
     a = p.parse_args()
     root = os.path.dirname(os.path.abspath(__file__))
-    studies = [read_study(f, root) for f in a.studies]
+    studies = merge([read_study(f, root) for f in a.studies])
     if len({s["task"] for s in studies}) > 1:
         die(f"the studies evaluated different tasks ({', '.join(sorted({s['task'] for s in studies}))}): give studies of one task")
     cur, align = curve(studies), alignment_vs_success(studies)
     text = table(studies, cur, align)
-    blob = json.dumps(strict(dict(studies=[dict(folder=os.path.relpath(os.path.abspath(s["folder"]), root), demos=s["demos"],
+    blob = json.dumps(strict(dict(studies=[dict(folders=[os.path.relpath(os.path.abspath(f), root) for f in s["folders"]],
+                                         demos=s["demos"],
                                          claims=s["claims"],
                                          planned={c["claim"]: planned(s, c) for c in s["claims"]}) for s in studies], curve=cur, alignment_vs_success=align)),
                       indent=1, allow_nan=False)

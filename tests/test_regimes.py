@@ -56,3 +56,23 @@ def test_regimes_bad_input_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "study_regimes.py", str(tmp_path / "bad")], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--report-only" in r.stderr, r.stderr
+
+
+def test_a_second_folder_of_a_regime_adds_its_variants(synthetic, tmp_path):
+    """The privileged reference trained in a folder of its own joins its regime (same data, same demos): one more
+    curve, no claim of its own, not in the Spearman; a variant given twice for one regime is refused."""
+    fake_study(tmp_path / "low", synthetic, ["--demos-per-task", "2"], dict(baseline=[3, 4], rscl=[5, 6], expert=[10]))
+    fake_study(tmp_path / "high", synthetic, [], dict(baseline=[8, 9], rscl=[9, 9], expert=[10]))
+    fake_study(tmp_path / "low-priv", synthetic, ["--demos-per-task", "2"], dict(privileged=[9]), seeds=1)
+    out = tmp_path / "out"
+    run = lambda *f: subprocess.run([sys.executable, "study_regimes.py", *map(str, f), "--out", str(out)], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=120)
+    r = run(tmp_path / "low", tmp_path / "low-priv", tmp_path / "high")
+    assert r.returncode == 0, r.stderr
+    got = json.load(open(out / "regimes.json"))
+    assert [len(s["folders"]) for s in got["studies"]] == [2, 1]   # one regime from two folders
+    assert got["curve"]["privileged"]["seen"] == [[2, 9, 10]]
+    assert got["alignment_vs_success"]["runs"] == 8                # the 8 runs of baseline and RS-CL only
+    assert "| privileged | 2 | 1 | 9/10 = 0.90" in open(out / "regimes.md").read()
+    r = run(tmp_path / "low", tmp_path / "low")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "both hold baseline at 2 demos" in r.stderr, r.stderr
