@@ -205,34 +205,41 @@ def outcomes(out, task):
         return None
 
 
-CARRIED = "its run folder is not on the machine that wrote this report: the row is the earlier results.json's"
+CARRIED = "its run folder is not on the machine that wrote this report: the row is the one the results.json in carried_from reported"
 
 
 def carried(a, grid, train):
-    """Rows of the study's earlier results.json for runs whose folders are not on this machine (run folders hold
-    checkpoints, never committed: a study continued on a new machine keeps what it reported instead of training those
-    runs again), but only when that report was of this study: the same data path, steps, tasks, episodes and extra
-    flags, and, where the row recorded them, the same train.py key and data content. {folder: row}"""
-    old, _ = runkey.read_json(os.path.join(a.out, "results.json"))
-    if not isinstance(old, dict):
-        return {}
-    then = old.get("config", {})
+    """Rows of an earlier results.json (this study's own, then each --carry-from study's) for runs whose folders are
+    not on this machine (run folders hold checkpoints, never committed: a study continued on a new machine, or one that
+    shares runs with another, keeps what was reported instead of training those runs again), but only from a report
+    of the same study: the same data path, steps, tasks, episodes and extra flags, and, where the row recorded them,
+    the same train.py key and data content. {folder: row}"""
     now = dict(data=rel(a.data), iters=a.iters, tasks=a.tasks, episodes=a.episodes, unseen=a.unseen,
                train_args=a.train_args, eval_args=a.eval_args)
-    if any(then.get(k) != v for k, v in now.items()):
-        return {}
-    rows = {(r.get("variant"), r.get("seed")): r for r in old.get("runs", []) if not r.get("reference")}
+    rows = {}
+    for src in [a.out] + a.carry_from:
+        old, _ = runkey.read_json(os.path.join(src, "results.json"))
+        if not isinstance(old, dict):
+            continue
+        if bad := [k for k, v in now.items() if old.get("config", {}).get(k) != v]:
+            if src != a.out:   # (this study's own earlier report with other flags: another study, silently)
+                print(f"note: --carry-from {rel(src)}: its study ran with another --{bad[0].replace('_', '-')}: none "
+                      f"of its runs is kept", flush=True)
+            continue
+        for r in old.get("runs", []):
+            if not r.get("reference"):
+                rows.setdefault((r.get("variant"), r.get("seed")), (r, rel(os.path.join(src, "results.json"))))
     keep = {}
     for v, s, f in grid:
-        r = rows.get((v, s))
+        r, src = rows.get((v, s), (None, None))
         if r is None or os.path.exists(os.path.join(f, "log.jsonl")):
             continue   # never reported, or its folder is here: the folder decides
         key = json.loads(json.dumps(runkey.train_key(train[f][2:])))
         then_sha1 = r.get("data_sha1")
         if r.get("train", key) != key or (then_sha1 and not (os.path.isfile(a.data) and runkey.sha1(a.data) == then_sha1)):
-            print(f"note: {v}-s{s}: results.json reports it with other flags or data: trained again", flush=True)
+            print(f"note: {v}-s{s}: {src} reports it with other flags or data: trained again", flush=True)
             continue
-        keep[f] = dict(r, carried=CARRIED)
+        keep[f] = dict(r, carried=CARRIED, carried_from=r.get("carried_from") or src)
     return keep
 
 
@@ -289,6 +296,9 @@ def main():
     p.add_argument("--unseen", type=int, default=-1, help="episodes per task on unseen looks (-1: the preset's)")
     p.add_argument("--out", default="", help="study folder (default: study/<preset>)")
     p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--carry-from", default="", help="other study folders (comma-separated) whose reported runs this "
+                   "study keeps where its own are missing, if that study ran with the same flags (e.g. the baseline "
+                   "of the regime an ablation study extends)")
     p.add_argument("--train-args", default="", help="extra train.py flags for every run, e.g. '--batch-size 16'")
     p.add_argument("--eval-args", default="", help="extra evaluate.py flags, e.g. '--workers 4'")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -319,6 +329,9 @@ def main():
     a.tasks, a.train_args, a.eval_args = a.tasks.split(","), a.train_args.split(), a.eval_args.split()
     a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out or os.path.join("study", a.preset))
     a.cache_dir = os.path.abspath(a.cache_dir)
+    a.carry_from = [os.path.abspath(c) for c in a.carry_from.split(",") if c]
+    if bad := [c for c in a.carry_from if not os.path.isfile(os.path.join(c, "results.json"))]:
+        die(f"--carry-from {rel(bad[0])} holds no results.json: name a study folder that has reported its runs")
     grid = [(v, s, os.path.join(a.out, f"{v}-s{s}")) for s in range(a.seeds) for v in variants]   # a study cut
     # short holds every variant at its first seeds (paired runs), not one variant's seeds
     train = {f: train_cmd(a, v, s, f) for v, s, f in grid}
@@ -339,7 +352,7 @@ def main():
             print(f"== study {a.preset}: run {i + 1}/{len(grid)}: {v}, seed {s}"
                   f"{' (trained anew: ' + misfits[folder] + ')' if folder in misfits else ''}", flush=True)
             if folder in kept:
-                print(f"   {v}-s{s}: kept from results.json ({CARRIED.split(':')[0]})", flush=True)
+                print(f"   {v}-s{s}: kept from {kept[folder]['carried_from']} ({CARRIED.split(':')[0]})", flush=True)
                 continue
             if what := run_one(a, f"{v}-s{s}", folder, train[folder], folder in misfits):
                 failed.append((*what, f"{v}-s{s}"))
@@ -349,7 +362,8 @@ def main():
         runs = [kept.get(f) or read_run(a, v, s, f, train[f]) for v, s, f in grid
                 if f in kept or os.path.isfile(os.path.join(f, "log.jsonl"))]
         runs += [read_reference(a, ref) for ref in a.references]
-        config = dict(vars(a), data=rel(a.data), out=rel(a.out), cache_dir=rel(a.cache_dir))
+        config = dict(vars(a), data=rel(a.data), out=rel(a.out), cache_dir=rel(a.cache_dir),
+                      carry_from=[rel(c) for c in a.carry_from])
         flags_of = lambda v: "(no training)" if v not in VARIANTS else f"`{' '.join(VARIANTS[v]) or '(none)'}`"
         report(a.out, config, [r for r in runs if r], CLAIMS, flags_of, a.tasks[0])
         print(f"study: {a.out}/table.md, results.json, success.png, cknna.png, rscl_floor.png")

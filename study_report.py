@@ -103,8 +103,9 @@ def report(out, config, runs, claims_of, flags_of, task):
               "ignores the spread between training seeds: see the per-seed column. CKNNA: mean ± sd over seeds, k = 10, held-out "
               "demos of every task; differences: Welch's interval over seeds. n_pos, RS-CL excess: the last "
               "validation values (effective positives per anchor; loss minus the targets' entropy)."]
-    if kept := [f"{r['variant']}-s{r['seed']}" for r in runs if r.get("carried")]:
-        lines += ["", f"Kept from the earlier results.json (their run folders are not on the machine that wrote this "
+    if kept := [f"{r['variant']}-s{r['seed']} ({r.get('carried_from', 'results.json')})" for r in runs
+                if r.get("carried")]:
+        lines += ["", f"Kept from an earlier report (their run folders are not on the machine that wrote this "
                   f"table): {', '.join(kept)}."]
     table = "\n".join(lines) + "\n"
     os.makedirs(out, exist_ok=True)

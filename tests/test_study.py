@@ -364,16 +364,42 @@ def test_a_study_continued_on_another_machine_keeps_its_reported_runs(tmp_path):
     assert row["train"]["rscl"] is True and "carried" not in row
     shutil.rmtree(out / "rscl-s0")                       # the machine that trained it is gone
     r = study(out, data, "--dry-run")
-    assert r.returncode == 0 and "rscl-s0: kept from results.json" in r.stdout and " train.py " not in r.stdout, r.stdout
+    assert r.returncode == 0 and "rscl-s0: kept from " in r.stdout and " train.py " not in r.stdout, r.stdout
     r = study(out, data)                                 # nothing to run; the report keeps the row, marked
     assert r.returncode == 0, r.stderr
     (kept,) = json.load(open(out / "results.json"))["runs"]
     assert kept["carried"] and kept["success"] == row["success"] and kept["cknna"] == row["cknna"]
-    assert "Kept from the earlier results.json" in open(out / "table.md").read()
+    assert "Kept from an earlier report" in open(out / "table.md").read()
     r = study(out, data, "--dry-run", "--train-args", "--lr 5e-4")   # another study: trained again
     assert " train.py " in r.stdout and "kept from" not in r.stdout
     res = json.load(open(out / "results.json"))
     res["runs"][0]["data_sha1"] = "0" * 40               # trained on other content than the file holds now
     (out / "results.json").write_text(json.dumps(res))
     r = study(out, data, "--dry-run")
-    assert "results.json reports it with other flags or data: trained again" in r.stdout and " train.py " in r.stdout
+    assert "reports it with other flags or data: trained again" in r.stdout and " train.py " in r.stdout
+
+
+def test_an_ablation_study_keeps_the_runs_another_study_of_the_same_flags_reported(tmp_path):
+    """--carry-from: an ablation study at one regime reuses that regime's reported baseline instead of training it
+    again, only when the other study ran with the same flags; a folder with no report is one clear error."""
+    data, regime, ablations = tmp_path / "demos.hdf5", tmp_path / "regime", tmp_path / "ablations"
+    data.write_bytes(b"demos")
+    fake_run(regime, "baseline", data)
+    assert study(regime, data, "--report-only", variants="baseline").returncode == 0
+    (row,) = json.load(open(regime / "results.json"))["runs"]
+    r = study(ablations, data, "--dry-run", "--carry-from", str(regime), variants="baseline,rscl")
+    assert r.returncode == 0 and "baseline-s0: kept from " in r.stdout, r.stdout + r.stderr
+    train = [x for x in r.stdout.splitlines() if x.startswith("$ ") and " train.py " in x]
+    assert len(train) == 1 and " --rscl " in train[0]            # only the variant nobody reported is trained
+    fake_run(ablations, "rscl", data)
+    assert study(ablations, data, "--carry-from", str(regime), variants="baseline,rscl").returncode == 0
+    res = json.load(open(ablations / "results.json"))
+    kept = next(x for x in res["runs"] if x["variant"] == "baseline")
+    assert kept["carried"] and kept["carried_from"].endswith("results.json") and kept["success"] == row["success"]
+    assert sorted(x["variant"] for x in res["runs"]) == ["baseline", "rscl"]
+    assert "carried" not in next(x for x in res["runs"] if x["variant"] == "rscl")
+    r = study(ablations, data, "--dry-run", "--carry-from", str(regime), "--episodes", "2", variants="baseline")
+    assert "none of its runs is kept" in r.stdout and " train.py " in r.stdout   # another study: trained
+    r = study(ablations, data, "--dry-run", "--carry-from", str(tmp_path / "nowhere"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "holds no results.json" in lines[0], r.stderr
