@@ -95,8 +95,10 @@ def report(out, config, runs, claims_of, flags_of, task):
             claims.append(dict(claim=name, better=x, worse=y, metric=metric, difference=d, low=lo, high=hi,
                                interval=how[0] if how else "Welch over seeds", verdict=says))
     lines += ["", "| the paper's claim | metric | difference (95% interval) | interval | verdict |", "|---|---|---|---|---|"]
+    ci = lambda c: (f"{c['low']:+.3f} to {c['high']:+.3f}", c["interval"]) if np.isfinite(c["low"]) else \
+        ("no interval: one seed", "-")
     lines += [f"| {c['claim']} ({c['better']} vs {c['worse']}) | {c['metric']} | {c['difference']:+.3f} "
-              f"({c['low']:+.3f} to {c['high']:+.3f}) | {c['interval']} | {c['verdict']} |" for c in claims]
+              f"({ci(c)[0]}) | {ci(c)[1]} | {c['verdict']} |" for c in claims]
     lines += ["", f"Success: {task} episodes pooled over seeds (fixed evaluation seeds shared by every variant), "
               "Wilson intervals; differences of success: Newcombe's interval, paired episode by episode where both "
               "variants ran the same seeds' episodes (his paired method 10), else on the pooled episodes; either "

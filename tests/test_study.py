@@ -350,6 +350,8 @@ def test_results_json_is_strict_json_when_one_seed_gives_no_interval(tmp_path):
     (c,) = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)["claims"]
     assert c["low"] is None and c["high"] is None and c["verdict"] == "inconclusive (one seed)"
     assert abs(c["difference"] - 0.1) < 1e-9
+    table = (tmp_path / "table.md").read_text()
+    assert "no interval: one seed" in table and "nan" not in table   # the table says it in words too
 
 
 def test_a_study_continued_on_another_machine_keeps_its_reported_runs(tmp_path):
