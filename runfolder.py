@@ -52,7 +52,7 @@ class RunFolder:
 
     def __init__(self, out, resume, overwrite=False, claim=False):
         self.out, self.dir, self.resume, self.overwrite = out, out, resume, overwrite
-        self.saved, self.log_file = 0, None
+        self.saved, self.log_file, self.signum = 0, None, 0
         if claim:
             self.claim()
 
@@ -73,10 +73,23 @@ class RunFolder:
         def stopped(signum, _):
             if os.getpid() != pid:   # a forked data loader worker: its loop ends quietly on KeyboardInterrupt
                 raise KeyboardInterrupt
-            print(f"\ninterrupted: {self.kept()}", file=sys.stderr)
+            if not self.signum:
+                print(f"\ninterrupted: {self.kept()}", file=sys.stderr)
+            self.signum = signum
             sys.exit(128 + signum)   # 130 for Ctrl-C, 143 for `kill`
         signal.signal(signal.SIGINT, stopped)
         signal.signal(signal.SIGTERM, stopped)
+        hook = sys.unraisablehook   # a signal landing in a __del__ or weakref callback: Python swallows the exit there
+
+        def unraisable(u):
+            if not isinstance(u.exc_value, SystemExit):
+                hook(u)
+        sys.unraisablehook = unraisable
+
+    def check_stop(self):
+        """Once a step: a stop whose exit Python swallowed (see claim) ends the run here, without a second line."""
+        if self.signum:
+            sys.exit(128 + self.signum)
 
     def start(self, config):
         """Once every check has passed. A new run: its own folder, removed at exit unless a checkpoint was saved, with

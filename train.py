@@ -339,6 +339,7 @@ def main():
     batches = iter(loader(train_src, args.seed * 1000 + rank, step * args.grad_accum, args.max_iters * args.grad_accum,
                           args.augment, args.workers))
     for it in bar:
+        folder.check_stop()   # a Ctrl-C that landed where Python swallows the exit
         lr = get_lr(it)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)   # a checkpoint from before --vision-lr: 1
