@@ -369,9 +369,7 @@ def main():
             bar.set_postfix(fm=f"{row['loss_fm']:.4f}", rscl=f"{row.get('loss_rscl', 0):.3f}", lam=f"{lam:.2f}",
                             lr=f"{lr:.1e}", sps=f"{row['samples_per_s']:.1f}")
             folder.log(row)
-        row = {}
-        if master and ((it + 1) % args.eval_every == 0 or it + 1 == args.max_iters):
-            row.update(evaluate())
+        row = evaluate() if master and ((it + 1) % args.eval_every == 0 or it + 1 == args.max_iters) else {}
         if master and args.cknna_every and ((it + 1) % args.cknna_every == 0 or it + 1 == args.max_iters):
             row["val_cknna_h_q"] = cknna_score()
         if row:

@@ -244,6 +244,7 @@ print("not stopped")
     one_line(r, "interrupted: no checkpoint had been written", start="interrupted")   # ...not its line, and no trace
     assert r.returncode == 130 and "Exception ignored" not in r.stderr
 
+
 def test_ctrl_c_is_one_line_saying_what_is_kept(run, synthetic, tmp_path):
     out = str(tmp_path / "run")
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--data", synthetic, "--out", out,
